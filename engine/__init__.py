@@ -1,0 +1,1 @@
+"""The headless Potluck node: everything that runs without a screen."""
