@@ -15,7 +15,8 @@ class Parser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._commands = self.add_subparsers(dest="command", metavar="COMMAND")
+        self._commands = self.add_subparsers(dest="command", metavar="COMMAND",
+                                             parser_class=argparse.ArgumentParser)
 
     def add_subcommand(self, name: str, **kwargs) -> argparse.ArgumentParser:
         return self._commands.add_parser(name, **kwargs)
