@@ -27,11 +27,12 @@ class LocalPipeline:
     """Shards chained in one process: the same path a request takes through a swarm, minus the network."""
 
     def __init__(self, checkpoint: str | Path | Checkpoint, shards: int = 1, device: str = "auto",
-                 dtype: str = "auto", ranges: list[tuple[int, int]] | None = None):
+                 dtype: str = "auto", ranges: list[tuple[int, int]] | None = None, cpu_kernels: str = "onednn"):
         self.checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint)
         self.spec = self.checkpoint.spec
         ranges = ranges or split_layers(self.spec.num_layers, shards)
-        self.runners = [TorchShardRunner(self.checkpoint, s, e, device, dtype) for s, e in ranges]
+        self.runners = [TorchShardRunner(self.checkpoint, s, e, device, dtype, cpu_kernels)
+                        for s, e in ranges]
 
     def prefill(self, request_ids, tokens, lengths=None):
         hidden = tokens

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from engine.backends.cpu_linear import pack_linears
 from engine.backends.kv_cache import SlotKVCache
 from engine.backends.torch_device import pick_device, pick_dtype
 from engine.model.checkpoint import Checkpoint, damaged, open_safetensors
@@ -22,8 +23,11 @@ from engine.model.errors import CheckpointError
 
 
 class TorchShardRunner:
+    """cpu_kernels: "onednn" runs the layers' Linear modules with prepacked oneDNN weights on a
+    CPU (see cpu_linear.py); "aten" keeps torch's default kernel."""
+
     def __init__(self, checkpoint: str | Path | Checkpoint, start: int, end: int,
-                 device: str = "auto", dtype: str = "auto"):
+                 device: str = "auto", dtype: str = "auto", cpu_kernels: str = "onednn"):
         self.checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint)
         self.spec = self.checkpoint.spec
         self.spec.check_range(start, end)
@@ -41,6 +45,9 @@ class TorchShardRunner:
         self.layers = [inner.layers[i] for i in range(start, end)]
         for local, layer in enumerate(self.layers):  # the cache is indexed by shard-local layer
             layer.self_attn.layer_idx = local
+        self.packed_linears = 0
+        if self.device.type == "cpu" and cpu_kernels == "onednn":
+            self.packed_linears = pack_linears(self.layers)
         with self.device:  # the meta skeleton left RoPE's inv_freq buffer empty: build it anew
             self.rotary = type(inner.rotary_emb)(config=self.config)
         self.windows = [_window(self.config, layer, start + i) for i, layer in enumerate(self.layers)]
