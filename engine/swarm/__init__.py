@@ -1,0 +1,1 @@
+"""The swarm: Lattica transport, wire protocol, node identity, membership, request pipeline."""
