@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from engine.backends.torch_runner import TorchShardRunner
 from engine.generate import LocalPipeline, generate
 from engine.sampling import SamplingParams
 
@@ -90,3 +91,24 @@ def test_cache_grows_past_its_first_capacity(make_checkpoint):
     together = run(pipeline, prompts, params)
     assert pipeline.runners[0].cache.capacity >= 380 and pipeline.runners[0].cache.keys[0].shape[0] >= 6
     assert together[5] == run(pipeline, [prompts[5]], [params[5]])[0]
+
+
+def test_sub_range_of_a_shard_chains_like_separate_shards(make_checkpoint):
+    """A route may enter or leave a node's shard mid-way: layers 2..6 of a 0..8 shard."""
+    path = make_checkpoint("llama")
+    whole = TorchShardRunner(path, 0, 8, "cpu", "float32")
+    prompt = torch.tensor([PROMPTS[2]])
+    ref = whole.prefill(["ref"], prompt)
+    h = whole.prefill(["r"], prompt, span=(0, 2))
+    h = whole.prefill(["r1"], h, span=(2, 6))  # the same runner: each hop is its own cache entry
+    torch.testing.assert_close(whole.prefill(["r2"], h, span=(6, 8)), ref)
+    with pytest.raises(ValueError, match="not inside this shard"):
+        TorchShardRunner(path, 2, 5, "cpu", "float32").prefill(["x"], torch.zeros(1, 1, 64), span=(1, 4))
+
+
+def test_a_failed_step_leaves_the_cache_as_it_was(make_checkpoint):
+    runner = TorchShardRunner(make_checkpoint("llama"), 0, 8, "cpu", "float32")  # context 512
+    runner.prefill(["r"], torch.tensor([PROMPTS[3]]))
+    with pytest.raises(Exception, match="context of 512"):
+        runner.prefill(["r"], torch.zeros(1, 500, dtype=torch.long))
+    assert runner.cache.length["r"] == len(PROMPTS[3])

@@ -83,6 +83,9 @@ class SlotKVCache:
             self.last_used[rid] = now
         self._step = None
 
+    def abort(self) -> None:
+        self._step = None
+
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, cache_kwargs=None):
         """Called by transformers' attention: store this step's keys/values, return all of them."""
         step = self._step

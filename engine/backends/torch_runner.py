@@ -57,25 +57,28 @@ class TorchShardRunner:
     # ---- requests ----
 
     def prefill(self, request_ids: list[str], inputs: torch.Tensor, lengths: list[int] | None = None,
-                all_positions: bool = False) -> torch.Tensor:
+                all_positions: bool = False, span: tuple[int, int] | None = None) -> torch.Tensor:
         """Append tokens to requests (new ones get a fresh cache) and run them through the shard.
 
         inputs: token ids [B, T] on the first shard, hidden states [B, T, H] on the others, right-
         padded; lengths gives each row's real length (default: all T). Returns hidden states
         [B, T, H], or on the last shard the logits [B, V] at each row's last real position
         ([B, T, V] at every position with all_positions).
+
+        span: run only global layers [lo, hi) of this shard (a route may enter or leave a shard
+        mid-way); a request must use the same span at every step.
         """
         for rid in request_ids:
             if rid not in self.cache:
                 self.cache.add(rid)
-        return self._forward(request_ids, inputs, lengths, all_positions)
+        return self._forward(request_ids, inputs, lengths, all_positions, span)
 
-    def decode(self, request_ids: list[str], inputs: torch.Tensor) -> torch.Tensor:
+    def decode(self, request_ids: list[str], inputs: torch.Tensor, span: tuple[int, int] | None = None) -> torch.Tensor:
         """One step for requests that were prefilled: inputs [B, 1] token ids or [B, 1, H] hidden."""
         unknown = [rid for rid in request_ids if rid not in self.cache]
         if unknown:
             raise KeyError(f"decode for requests with no cache on this shard (never prefilled or released): {unknown}")
-        return self._forward(request_ids, inputs, None, False)
+        return self._forward(request_ids, inputs, None, False, span)
 
     def release(self, request_id: str) -> bool:
         """Free a request's KV cache (finished, aborted or timed out). False if it had none."""
@@ -90,31 +93,39 @@ class TorchShardRunner:
     # ---- the forward pass ----
 
     @torch.inference_mode()
-    def _forward(self, request_ids, inputs, lengths, all_positions):
+    def _forward(self, request_ids, inputs, lengths, all_positions, span):
+        lo, hi = span or (self.start, self.end)
+        if not self.start <= lo < hi <= self.end:
+            raise ValueError(f"layers [{lo}, {hi}) are not inside this shard's [{self.start}, {self.end})")
+        embeds, heads = lo == 0, hi == self.spec.num_layers
         batch, new = inputs.shape[0], inputs.shape[1]
         if batch != len(request_ids):
             raise ValueError(f"{batch} input rows for {len(request_ids)} requests")
         lengths = lengths or [new] * batch
-        if self.is_first:
+        if embeds:
             hidden = self.embed(inputs.to(self.device))
         else:
             hidden = inputs.to(self.device, self.dtype)
+        longest = max(self.cache.length[rid] for rid in request_ids) + new
+        if longest > self.spec.max_position_embeddings:
+            raise CheckpointError(
+                f"The conversation is longer than this model's context of {self.spec.max_position_embeddings} "
+                "tokens: start a new chat or shorten the prompt.")
         past = self.cache.begin(request_ids, new)
         try:
-            if max(past) + new > self.spec.max_position_embeddings:
-                raise CheckpointError(
-                    f"The conversation is longer than this model's context of {self.spec.max_position_embeddings} "
-                    "tokens: start a new chat or shorten the prompt.")
             past_t = torch.tensor(past, device=self.device)
             positions = past_t[:, None] + torch.arange(new, device=self.device)
             masks = {w: self._mask(past, lengths, new, past_t, positions, w) for w in set(self.windows)}
             rotary = self.rotary(hidden, positions)
-            for layer, window in zip(self.layers, self.windows):
+            for layer, window in zip(self.layers[lo - self.start:hi - self.start],
+                                     self.windows[lo - self.start:hi - self.start]):
                 hidden = layer(hidden, attention_mask=masks[window], position_ids=positions,
                                past_key_values=self.cache, use_cache=True, position_embeddings=rotary)
-        finally:
-            self.cache.end(request_ids, lengths)
-        if not self.is_last:
+        except BaseException:
+            self.cache.abort()  # lengths stay as they were: the step never happened
+            raise
+        self.cache.end(request_ids, lengths)
+        if not heads:
             return hidden
         if not all_positions:
             last = torch.tensor(lengths, device=self.device) - 1
