@@ -89,11 +89,17 @@ class Transport:
         message = Message(message_type, message_id or uuid.uuid4().hex, self.peer_id, body, tensors or {},
                           time.time())
         frame = wire.encode(message, self.identity.sign)
+        if peer_id == self.peer_id:  # to ourselves: same checks, no network
+            return self._parse_reply(peer_id, message_type, self._deliver(frame))
         try:
             # Lattica's future takes whole seconds
             raw = self.node.get_client(peer_id).call(METHOD, frame).result(max(1, math.ceil(timeout)))
         except Exception as exc:  # Lattica raises RuntimeError, TimeoutError, concurrent futures errors
             raise PeerError(f"peer {peer_id[-8:]} did not take {message_type}: {exc}") from None
+        return self._parse_reply(peer_id, message_type, raw)
+
+    @staticmethod
+    def _parse_reply(peer_id: str, message_type: str, raw: bytes) -> dict:
         try:
             reply = json.loads(raw)
         except (TypeError, ValueError):

@@ -1,0 +1,140 @@
+"""The origin of a request: sends it into a route, streams tokens back, and survives failures.
+
+The origin keeps the whole token history (prompt + generated ids). When a stage fails mid-answer
+(a `stage.error`, or no token within the step timeout), it finds which hops stopped answering,
+asks for a new route that avoids them, and prefills the history again under a fresh request id:
+the answer goes on where it stopped (DESIGN.md, where we mean to beat the others, point 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+
+from engine.sampling import SamplingParams
+from engine.swarm.protocol import Hop, sampling_body
+from engine.swarm.transport import PeerError
+from engine.swarm.wire import Message
+
+log = logging.getLogger(__name__)
+
+
+class RouteUnavailable(RuntimeError):
+    """No chain of live nodes covers the model right now."""
+
+
+@dataclass
+class Attempt:
+    request_id: str
+    route: list[Hop]
+    events: "queue.Queue[Message]"
+
+
+class Origin:
+    """`route_for(tokens, avoid) -> list[Hop]` asks the scheduler for a route (raises RouteUnavailable)."""
+
+    def __init__(self, send, route_for: Callable[[int, set[str]], list[Hop]], peer_id: str,
+                 first_token_timeout_s: float = 120.0, token_timeout_s: float = 30.0, max_attempts: int = 4):
+        self.send, self.route_for, self.peer_id = send, route_for, peer_id
+        self.first_token_timeout_s, self.token_timeout_s = first_token_timeout_s, token_timeout_s
+        self.max_attempts = max_attempts
+        self._inboxes: dict[str, queue.Queue] = {}
+        self._lock = threading.Lock()
+        self.recoveries = 0
+
+    def accept(self, message: Message) -> None:
+        """stage.token / stage.error, on Lattica's thread: hand to the waiting request."""
+        with self._lock:
+            inbox = self._inboxes.get(message.body["request_id"])
+        if inbox is not None:
+            inbox.put(message)
+
+    def generate(self, prompt: list[int], params: SamplingParams, on_route=None) -> Iterator[int]:
+        """Yield generated token ids. on_route(route) is told each route used (for /swarm, the UI)."""
+        produced: list[int] = []
+        avoid: set[str] = set()
+        for attempt_no in range(self.max_attempts):
+            remaining = params.max_tokens - len(produced)
+            if remaining <= 0:
+                return
+            route = self.route_for(len(prompt) + len(produced), avoid)
+            if on_route:
+                on_route(route)
+            attempt = self._start(route, prompt + produced, replace(params, max_tokens=remaining))
+            try:
+                for token in self._stream(attempt, first=True):
+                    produced.append(token)
+                    yield token
+                return
+            except _StageFailed as failure:
+                self.recoveries += 1
+                dead = self._unreachable(route) | ({failure.suspect} if failure.suspect else set())
+                avoid |= dead or {hop.peer_id for hop in route if hop.peer_id != self.peer_id}
+                log.warning("request %s: %s; re-routing around %s", attempt.request_id[:8], failure,
+                            [p[-8:] for p in dead])
+            finally:
+                self._finish(attempt)
+        raise RouteUnavailable(f"the answer failed {self.max_attempts} times on different nodes")
+
+    def _start(self, route: list[Hop], tokens: list[int], params: SamplingParams) -> Attempt:
+        attempt = Attempt(uuid.uuid4().hex, route, queue.Queue())
+        with self._lock:
+            self._inboxes[attempt.request_id] = attempt.events
+        body = {"request_id": attempt.request_id, "origin": self.peer_id, "kind": "prefill", "step": 0,
+                "route": [[h.peer_id, h.start, h.end] for h in route], "hop": 0, "tokens": tokens,
+                "sampling": sampling_body(params)}
+        try:
+            self.send(route[0].peer_id, "stage.forward", body, None)
+        except PeerError as exc:
+            self._finish(attempt)
+            raise _StageFailed(str(exc), route[0].peer_id) from None
+        return attempt
+
+    def _stream(self, attempt: Attempt, first: bool) -> Iterator[int]:
+        expected = 1
+        while True:
+            timeout = self.first_token_timeout_s if first else self.token_timeout_s
+            try:
+                event = attempt.events.get(timeout=timeout)
+            except queue.Empty:
+                raise _StageFailed(f"no token for {timeout:.0f} s", None) from None
+            first = False
+            if event.type == "stage.error":
+                raise _StageFailed(event.body["error"], event.body.get("suspect"))
+            body = event.body
+            if body["step"] < expected - (1 if body.get("finished") == "stop" else 0):
+                continue  # a late duplicate
+            if "token" in body:
+                expected += 1
+                yield body["token"]
+            if body.get("finished"):
+                return
+
+    def _finish(self, attempt: Attempt) -> None:
+        with self._lock:
+            if self._inboxes.pop(attempt.request_id, None) is None:
+                return
+        for hop in attempt.route:
+            try:
+                self.send(hop.peer_id, "stage.release", {"request_id": attempt.request_id}, None, timeout=2.0)
+            except PeerError:
+                pass
+
+    def _unreachable(self, route: list[Hop]) -> set[str]:
+        dead = set()
+        for hop in route:
+            try:
+                self.send(hop.peer_id, "ping", {}, None, timeout=2.0)
+            except PeerError:
+                dead.add(hop.peer_id)
+        return dead
+
+
+class _StageFailed(Exception):
+    def __init__(self, reason: str, suspect: str | None):
+        super().__init__(reason)
+        self.suspect = suspect

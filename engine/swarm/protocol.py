@@ -1,0 +1,97 @@
+"""Message types of the swarm and the checks that need more than a schema.
+
+The push ring (DESIGN.md): the origin sends `stage.forward` (prefill, with the token ids) to the
+first stage of a route; each stage runs its layers and sends `stage.forward` with hidden states to
+the next; the last stage samples, sends `stage.token` to the origin and `stage.forward` (decode,
+one token id) to the first stage. The origin ends a request with `stage.release` to every stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.model.spec import ModelSpec
+from engine.sampling import SamplingParams
+from engine.swarm.wire import WireError, schema
+
+MAX_ROUTE_HOPS = 64
+MAX_PREFILL_TOKENS = 16384
+
+schema("stage.forward", request_id=(str, True), origin=(str, True), route=(list, True), hop=(int, True),
+       kind=(str, True), step=(int, True), tokens=(list, False), sampling=(dict, False))
+schema("stage.token", request_id=(str, True), step=(int, True), token=(int, False), finished=(str, False))
+schema("stage.error", request_id=(str, True), error=(str, True), suspect=(str, False))
+schema("stage.release", request_id=(str, True))
+schema("ping")
+
+
+@dataclass(frozen=True)
+class Hop:
+    peer_id: str
+    start: int
+    end: int
+
+
+def parse_route(route: list, spec: ModelSpec) -> list[Hop]:
+    """A route must be a chain of contiguous layer ranges from 0 to the model's last layer."""
+    if not 0 < len(route) <= MAX_ROUTE_HOPS:
+        raise WireError(f"a route needs 1 to {MAX_ROUTE_HOPS} hops")
+    hops = []
+    for entry in route:
+        if (not isinstance(entry, list) or len(entry) != 3 or not isinstance(entry[0], str)
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in entry[1:])):
+            raise WireError("a route hop is [peer_id, start, end]")
+        hops.append(Hop(*entry))
+    expected = 0
+    for hop in hops:
+        if hop.start != expected or hop.end <= hop.start:
+            raise WireError("route hops must cover contiguous layer ranges")
+        expected = hop.end
+    if expected != spec.num_layers:
+        raise WireError(f"route ends at layer {expected}, the model has {spec.num_layers}")
+    return hops
+
+
+def parse_sampling(body: dict, context: int) -> SamplingParams:
+    raw = body.get("sampling")
+    if not isinstance(raw, dict):
+        raise WireError("a prefill needs sampling parameters")
+    allowed = {"max_tokens", "temperature", "top_p", "seed", "stop_token_ids"}
+    if set(raw) - allowed:
+        raise WireError(f"unknown sampling field(s) {sorted(set(raw) - allowed)}")
+    try:
+        stops = raw.get("stop_token_ids", [])
+        if not isinstance(stops, list) or len(stops) > 64 or not all(_is_int(t) for t in stops):
+            raise ValueError("stop_token_ids must be a list of at most 64 token ids")
+        seed = raw.get("seed")
+        if seed is not None and not _is_int(seed):
+            raise ValueError("seed must be an integer")
+        max_tokens = raw.get("max_tokens", 128)
+        if not _is_int(max_tokens) or max_tokens > context:
+            raise ValueError(f"max_tokens must be an integer up to the context of {context}")
+        temperature, top_p = raw.get("temperature", 0.0), raw.get("top_p", 1.0)
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (temperature, top_p)):
+            raise ValueError("temperature and top_p must be numbers")
+        return SamplingParams(max_tokens=max_tokens, temperature=float(temperature), top_p=float(top_p),
+                              seed=seed, stop_token_ids=frozenset(stops))
+    except ValueError as exc:
+        raise WireError(f"bad sampling parameters: {exc}") from None
+
+
+def sampling_body(params: SamplingParams) -> dict:
+    return {"max_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p,
+            "seed": params.seed, "stop_token_ids": sorted(params.stop_token_ids)}
+
+
+def check_tokens(tokens, spec: ModelSpec, exactly: int | None = None) -> list[int]:
+    if not isinstance(tokens, list) or not tokens or len(tokens) > MAX_PREFILL_TOKENS:
+        raise WireError(f"tokens must be a list of 1 to {MAX_PREFILL_TOKENS} token ids")
+    if exactly is not None and len(tokens) != exactly:
+        raise WireError(f"a decode step carries exactly {exactly} token")
+    if not all(_is_int(t) and 0 <= t < spec.vocab_size for t in tokens):
+        raise WireError(f"token ids must be integers in [0, {spec.vocab_size})")
+    return tokens
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)

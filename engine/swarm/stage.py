@@ -1,0 +1,248 @@
+"""A node's stage of the push ring: checks incoming work, batches it, runs the shard, pushes on.
+
+`accept` runs on Lattica's thread and only checks and enqueues (a slow handler would block the
+node's network loop). One worker thread runs the model: each step it takes everything pending and
+makes one forward pass per (kind, span) group, so concurrent requests decode together.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.sampling import Sampler, SamplingParams, sample
+from engine.swarm.protocol import Hop, check_tokens, parse_route, parse_sampling, sampling_body
+from engine.swarm.transport import PeerError
+from engine.swarm.wire import Message, Tensor, WireError
+
+log = logging.getLogger(__name__)
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+WIRE_DTYPES = {v: k for k, v in TORCH_DTYPES.items()}
+
+
+@dataclass
+class StageRequest:
+    route: list[Hop]
+    hop: int
+    origin: str
+    next_step: int
+    sampling: SamplingParams
+    sampler: Sampler | None = None  # on the last stage
+    produced: int = 0
+    context_used: int = 0
+    last_seen: float = field(default_factory=time.monotonic)
+
+    @property
+    def span(self) -> tuple[int, int]:
+        hop = self.route[self.hop]
+        return hop.start, hop.end
+
+
+@dataclass
+class Work:
+    request_id: str
+    kind: str
+    step: int
+    inputs: torch.Tensor  # [T] token ids, or [T, H] hidden states
+
+
+class StageWorker:
+    def __init__(self, runner, send, peer_id: str, idle_timeout_s: float = 300.0):
+        self.runner, self.send, self.peer_id = runner, send, peer_id
+        self.spec = runner.spec
+        self.wire_dtype = WIRE_DTYPES[runner.dtype]
+        self.idle_timeout_s = idle_timeout_s
+        self.requests: dict[str, StageRequest] = {}
+        self.served_tokens = 0
+        self._queue: queue.Queue[Work | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="stage-worker", daemon=True)
+        self._thread.start()
+
+    # ---- on Lattica's thread: check and enqueue ----
+
+    def accept(self, message: Message) -> None:
+        body = message.body
+        rid, kind, step = body["request_id"], body["kind"], body["step"]
+        if kind not in ("prefill", "decode"):
+            raise WireError(f"unknown step kind {kind!r}")
+        with self._lock:
+            state = self.requests.get(rid)
+            if kind == "prefill" and state is None:
+                route = parse_route(body["route"], self.spec)
+                hop = body["hop"]
+                if not 0 <= hop < len(route) or route[hop].peer_id != self.peer_id:
+                    raise WireError("this node is not that hop of the route")
+                if not self.runner.start <= route[hop].start < route[hop].end <= self.runner.end:
+                    raise WireError(f"this node serves layers [{self.runner.start}, {self.runner.end}), "
+                                    f"not [{route[hop].start}, {route[hop].end})")
+                params = parse_sampling(body, self.spec.max_position_embeddings)
+                sampler = Sampler(params) if route[hop].end == self.spec.num_layers else None
+                state = StageRequest(route, hop, body["origin"], next_step=0, sampling=params, sampler=sampler)
+            elif state is None:
+                raise WireError(f"unknown request {rid[:12]}: it was released or never prefilled here")
+            if step != state.next_step:
+                raise WireError(f"out-of-order step {step} for request {rid[:12]} (expected {state.next_step})")
+            if message.sender not in (state.origin, state.route[state.hop - 1].peer_id if state.hop else None,
+                                      state.route[-1].peer_id):
+                raise WireError("this peer is not part of the request's route")
+            inputs = self._inputs(message, state, kind)
+            state.next_step += 1
+            state.last_seen = time.monotonic()
+            self.requests[rid] = state
+        self._queue.put(Work(rid, kind, step, inputs))
+
+    def _inputs(self, message: Message, state: StageRequest, kind: str) -> torch.Tensor:
+        one = 1 if kind == "decode" else None
+        if state.span[0] == 0:
+            tokens = check_tokens(message.body.get("tokens"), self.spec, exactly=one)
+            if message.tensors:
+                raise WireError("the first stage takes token ids, not tensors")
+            return torch.tensor(tokens, dtype=torch.long)
+        hidden = message.tensors.get("hidden")
+        if hidden is None or len(message.tensors) != 1:
+            raise WireError("this stage takes exactly one tensor, 'hidden'")
+        if hidden.dtype != self.wire_dtype:
+            raise WireError(f"hidden states must be {self.wire_dtype}, got {hidden.dtype}")
+        if len(hidden.shape) != 2 or hidden.shape[1] != self.spec.hidden_size or hidden.shape[0] < 1:
+            raise WireError(f"hidden states must have shape [T, {self.spec.hidden_size}], got {list(hidden.shape)}")
+        if one and hidden.shape[0] != 1:
+            raise WireError("a decode step carries the hidden state of exactly 1 token")
+        return torch.frombuffer(bytearray(hidden.data), dtype=TORCH_DTYPES[hidden.dtype]).reshape(hidden.shape)
+
+    def release(self, request_id: str) -> bool:
+        with self._lock:
+            known = self.requests.pop(request_id, None) is not None
+        self._queue.put(Work(request_id, "release", 0, torch.empty(0)))
+        return known
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    # ---- on the worker thread ----
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)
+                    break
+                batch.append(item)
+            try:
+                self._step(batch)
+            except Exception:
+                log.exception("stage step failed")
+            self._expire_idle()
+
+    def _step(self, batch: list[Work]) -> None:
+        groups: dict[tuple, list[Work]] = {}
+        for work in batch:
+            if work.kind == "release":
+                self.runner.release(work.request_id)
+                continue
+            state = self.requests.get(work.request_id)
+            if state is None:  # released while queued
+                self.runner.release(work.request_id)
+                continue
+            groups.setdefault((work.kind, state.span), []).append(work)
+        for (kind, span), works in groups.items():
+            try:
+                self._run(kind, span, works)
+            except Exception as exc:
+                log.exception("forward failed")
+                for work in works:
+                    self._fail(work.request_id, f"stage {self.peer_id[-8:]} failed: {exc}")
+
+    def _run(self, kind: str, span: tuple[int, int], works: list[Work]) -> None:
+        ids = [w.request_id for w in works]
+        lengths = [w.inputs.shape[0] for w in works]
+        width = max(lengths)
+        first = span[0] == 0
+        shape = (len(works), width) if first else (len(works), width, self.spec.hidden_size)
+        inputs = torch.zeros(shape, dtype=torch.long if first else self.runner.dtype)
+        for row, work in enumerate(works):
+            inputs[row, :lengths[row]] = work.inputs
+        if kind == "prefill":
+            out = self.runner.prefill(ids, inputs, lengths, span=span)
+        else:
+            out = self.runner.decode(ids, inputs, span=span)
+        self.served_tokens += sum(lengths)
+        if span[1] == self.spec.num_layers:
+            self._emit_tokens(works, out)
+        else:
+            out = out.to("cpu").contiguous()
+            for row, work in enumerate(works):
+                state = self.requests.get(work.request_id)
+                if state is None:
+                    continue
+                rows = out[row, :lengths[row]].contiguous()
+                hidden = Tensor(self.wire_dtype, tuple(rows.shape), rows.view(torch.uint8).numpy().tobytes())
+                nxt = state.route[state.hop + 1]
+                self._push(work.request_id, nxt.peer_id, {
+                    "request_id": work.request_id, "origin": state.origin, "kind": kind, "step": work.step,
+                    "route": [[h.peer_id, h.start, h.end] for h in state.route], "hop": state.hop + 1,
+                    **({"sampling": sampling_body(state.sampling)} if kind == "prefill" else {})}, {"hidden": hidden})
+
+    def _emit_tokens(self, works: list[Work], logits: torch.Tensor) -> None:
+        states = [self.requests.get(w.request_id) for w in works]
+        live = [(w, s, row) for row, (w, s) in enumerate(zip(works, states)) if s is not None]
+        tokens = sample(logits[[row for _, _, row in live]], [s.sampler for _, s, _ in live])
+        for (work, state, _), token in zip(live, tokens):
+            params = state.sampler.params
+            finished = None
+            if state.sampler.is_stop(token):
+                finished = "stop"
+            else:
+                state.produced += 1
+                if state.produced >= params.max_tokens:
+                    finished = "length"
+            body = {"request_id": work.request_id, "step": state.produced, "finished": finished} if finished \
+                else {"request_id": work.request_id, "step": state.produced}
+            if finished != "stop":
+                body["token"] = token
+            self._push(work.request_id, state.origin, body, kind="stage.token")
+            if finished is None:
+                first = state.route[0]
+                self._push(work.request_id, first.peer_id, {
+                    "request_id": work.request_id, "origin": state.origin, "kind": "decode",
+                    "step": state.produced, "route": [[h.peer_id, h.start, h.end] for h in state.route], "hop": 0,
+                    "tokens": [token]})
+
+    def _push(self, rid: str, peer: str, body: dict, tensors=None, kind: str = "stage.forward") -> None:
+        try:
+            self.send(peer, kind, body, tensors)
+        except PeerError as exc:
+            self._fail(rid, str(exc), suspect=peer)
+
+    def _fail(self, rid: str, error: str, suspect: str | None = None) -> None:
+        state = self.requests.get(rid)
+        self.release(rid)
+        if state is None or state.origin == suspect:
+            return
+        body = {"request_id": rid, "error": error, **({"suspect": suspect} if suspect else {})}
+        try:
+            self.send(state.origin, "stage.error", body, None)
+        except PeerError:
+            pass
+
+    def _expire_idle(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            idle = [rid for rid, s in self.requests.items() if now - s.last_seen > self.idle_timeout_s]
+        for rid in idle:
+            self.release(rid)
