@@ -26,7 +26,8 @@ def build_parser() -> Parser:
     parser = Parser(prog="potluck", description="Run large language models on a swarm of volunteers' computers.")
 
     gen = parser.add_subcommand("generate", help="run a model in this process and print its answer")
-    gen.add_argument("--model", required=True, help="checkpoint directory (Hugging Face format)")
+    gen.add_argument("--model", required=True,
+                     help="checkpoint directory, catalog name (resources/catalog.toml) or Hugging Face id")
     gen.add_argument("--prompt", required=True, help="the user's message")
     gen.add_argument("--max-tokens", type=int, default=128)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 means greedy (the default)")
@@ -38,6 +39,13 @@ def build_parser() -> Parser:
     gen.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default="auto")
     gen.add_argument("--system", default=None, help="optional system prompt")
     gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+
+    prof = parser.add_subcommand("profile", help="measure this machine's GPU/CPU and print its profile")
+    prof.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    prof.add_argument("--model", default=None, help="also time one decoder layer of this checkpoint")
+    prof.add_argument("--data-dir", default=None, help="where the profile is cached (default: $POTLUCK_HOME "
+                      "or the user data dir)")
+    prof.add_argument("--json", action="store_true")
 
     sim = parser.add_subcommand("simulate", help="simulate a swarm scenario under scheduling policies")
     sim.add_argument("scenario", help="scenario file (TOML)")
@@ -56,11 +64,42 @@ def run(args: argparse.Namespace) -> int:
         from engine.generate_cli import main as generate_main
 
         return generate_main(args)
+    if args.command == "profile":
+        return _profile(args)
     if args.command == "simulate":
         from engine.scheduler.cli import main as simulate_main
 
         return simulate_main(args)
     raise SystemExit(f"potluck: unknown command {args.command!r}")
+
+
+def _profile(args) -> int:
+    import json
+
+    from engine.model.errors import CheckpointError
+    from engine.paths import data_dir
+    from engine.profile import measure, measure_layer, save
+
+    try:
+        profile = measure(args.device)
+        if args.model:
+            measure_layer(profile, args.model)
+    except CheckpointError as exc:
+        print(f"potluck profile: {exc}", file=sys.stderr)
+        return 2
+    save(profile, data_dir(args.data_dir) / f"profile-{args.device.replace(':', '_')}.json")
+    if args.json:
+        print(json.dumps(profile.as_dict()))
+        return 0
+    gib = 2**30
+    print(f"{profile.vendor} {profile.device_name} ({profile.backend})")
+    print(f"  memory      {profile.memory_total_bytes / gib:.1f} GiB total, {profile.memory_free_bytes / gib:.1f} GiB free")
+    print(f"  matmul      {profile.matmul_tflops_half:.2f} TFLOP/s (16-bit), {profile.matmul_tflops_fp32:.2f} TFLOP/s (fp32)")
+    print(f"  bandwidth   {profile.bandwidth_gbs:.1f} GB/s")
+    for key, layer in profile.layer_ms.items():
+        print(f"  layer       {key}: {layer['decode_ms']:.2f} ms per decode step, "
+              f"{layer['prefill_ms_per_token']:.3f} ms per prefill token")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
