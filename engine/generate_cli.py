@@ -29,13 +29,17 @@ def _generate(args) -> int:
 
     if args.max_tokens < 1:
         raise CheckpointError(f"--max-tokens must be at least 1, got {args.max_tokens}.")
-    pipeline = LocalPipeline(args.model, shards=args.shards, device=args.device, dtype=args.dtype)
-    tokenizer = load_tokenizer(args.model)
+    from engine.model.progress import TerminalProgress
+    from engine.model.resolve import resolve_model
+
+    model = resolve_model(args.model, progress=TerminalProgress())  # a catalog name or hub id downloads
+    pipeline = LocalPipeline(model, shards=args.shards, device=args.device, dtype=args.dtype)
+    tokenizer = load_tokenizer(model)
     messages = ([{"role": "system", "content": args.system}] if args.system else [])
     messages.append({"role": "user", "content": args.prompt})
     prompt = chat_prompt_ids(tokenizer, messages)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                            seed=args.seed, stop_token_ids=stop_token_ids(args.model, tokenizer))
+                            seed=args.seed, stop_token_ids=stop_token_ids(model, tokenizer))
 
     detok = StreamingDetokenizer(tokenizer)
     start = time.perf_counter()

@@ -40,12 +40,8 @@ class Checkpoint:
                     raise TypeError("weight_map is not an object")
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise CheckpointError(f"{index_path} is damaged ({exc}): download the checkpoint again.") from None
-            for name in sorted(set(weight_map.values())):
-                if not (self.path / name).is_file():
-                    raise CheckpointError(
-                        f"{name} is missing from {self.path}, but the index lists it: the download is "
-                        "incomplete. Download the checkpoint again (Potluck resumes where it stopped)."
-                    )
+            # Files are checked when a layer range asks for them: a node that downloaded only its
+            # layers' files has a partial directory, and that is fine.
             return weight_map
         files = sorted(self.path.glob("*.safetensors"))
         if not files:
@@ -61,23 +57,37 @@ class Checkpoint:
 
     def keys_for_range(self, start: int, end: int) -> list[str]:
         """Names of the tensors a shard serving layers [start, end) loads."""
-        self.spec.check_range(start, end)
-        first, last = start == 0, end == self.spec.num_layers
-        keys = []
-        for key in self.weight_map:
-            match = _LAYER_KEY.search(key)
-            if match:
-                if start <= int(match.group(1)) < end:
-                    keys.append(key)
-            elif "embed_tokens" in key:
-                if first or (last and self.spec.tie_word_embeddings):
-                    keys.append(key)
-            elif last and ("lm_head" in key or key.endswith("norm.weight")):
-                keys.append(key)
+        keys = keys_for_range(self.weight_map, self.spec, start, end)
+        for name in sorted({self.weight_map[key] for key in keys}):
+            if not (self.path / name).is_file():
+                raise CheckpointError(
+                    f"{name} is missing from {self.path}, but the index lists it: the download is "
+                    "incomplete. Download the checkpoint again (Potluck resumes where it stopped)."
+                )
         return keys
 
     def files_for_range(self, start: int, end: int) -> list[str]:
         return sorted({self.weight_map[key] for key in self.keys_for_range(start, end)})
+
+
+def keys_for_range(tensor_names, spec: ModelSpec, start: int, end: int) -> list[str]:
+    """Which of a checkpoint's tensors a shard serving layers [start, end) needs: its layers, the
+    embeddings on the first shard, the final norm and lm_head on the last (and the embeddings there
+    too when they are tied). Shared by the loader and the downloader."""
+    spec.check_range(start, end)
+    first, last = start == 0, end == spec.num_layers
+    keys = []
+    for key in tensor_names:
+        match = _LAYER_KEY.search(key)
+        if match:
+            if start <= int(match.group(1)) < end:
+                keys.append(key)
+        elif "embed_tokens" in key:
+            if first or (last and spec.tie_word_embeddings):
+                keys.append(key)
+        elif last and ("lm_head" in key or key.endswith("norm.weight")):
+            keys.append(key)
+    return keys
 
 
 class open_safetensors:
