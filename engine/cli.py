@@ -40,6 +40,24 @@ def build_parser() -> Parser:
     gen.add_argument("--system", default=None, help="optional system prompt")
     gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
 
+    node = parser.add_subcommand("node", help="run a swarm node: host a swarm or join one")
+    role = node.add_mutually_exclusive_group(required=True)
+    role.add_argument("--host", action="store_true", help="start a swarm (this node holds its scheduler)")
+    role.add_argument("--join", metavar="MULTIADDR", help="join the swarm whose host is at this address")
+    node.add_argument("--model", help="with --host: checkpoint directory, catalog name or Hugging Face id")
+    node.add_argument("--listen", default=None, metavar="HOST:PORT",
+                      help="peer-to-peer address (default 127.0.0.1 and a free port; give this machine's LAN "
+                           "or public address so that other computers can reach it)")
+    node.add_argument("--api", default="127.0.0.1:4280", metavar="HOST:PORT",
+                      help="OpenAI-compatible API (default 127.0.0.1:4280; port 0 picks a free one)")
+    node.add_argument("--data-dir", default=None, help="identity key, settings, caches, logs")
+    node.add_argument("--max-memory", type=float, default=None, metavar="GB", help="memory to lend the swarm")
+    node.add_argument("--client-only", action="store_true", help="join without serving layers")
+    node.add_argument("--backend", choices=["auto", "torch", "mlx"], default="auto")
+    node.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    node.add_argument("--heartbeat", type=float, default=1.0, metavar="S", help=argparse.SUPPRESS)
+    node.add_argument("--token-timeout", type=float, default=30.0, metavar="S", help=argparse.SUPPRESS)
+
     prof = parser.add_subcommand("profile", help="measure this machine's GPU/CPU and print its profile")
     prof.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     prof.add_argument("--model", default=None, help="also time one decoder layer of this checkpoint")
@@ -64,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
         from engine.generate_cli import main as generate_main
 
         return generate_main(args)
+    if args.command == "node":
+        from engine.swarm.node_cli import main as node_main
+
+        return node_main(args)
     if args.command == "profile":
         return _profile(args)
     if args.command == "simulate":

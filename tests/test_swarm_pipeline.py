@@ -44,7 +44,7 @@ class Swarm:
             self.peers.append(peer)
             boot = boot or peer.transport.multiaddr
 
-    def route_for(self, tokens, avoid):
+    def route_for(self, prompt_tokens, kv_tokens, avoid):
         route, layer = [], 0
         for peer_id, (start, end) in self.serving.items():
             if peer_id not in avoid and start == layer:

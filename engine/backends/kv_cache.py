@@ -52,9 +52,15 @@ class SlotKVCache:
         now = time.monotonic()
         return [rid for rid, t in self.last_used.items() if now - t > max_idle_s]
 
-    def bytes_used(self) -> int:
+    def bytes_reserved(self) -> int:
+        """Memory the preallocated rows take (grows by doubling)."""
         one = self.keys[0]
         return 2 * self.num_layers * one.numel() * one.element_size()
+
+    def bytes_held(self) -> int:
+        """Memory the live requests' tokens need: what admission control counts."""
+        per_token = 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.keys[0].element_size()
+        return sum(self.length.values()) * per_token
 
     # ---- one forward pass ----
 

@@ -39,6 +39,7 @@ class Member:
     kv_free_bytes: float = 0.0
     served_tokens: int = 0
     utilization: float = 0.0  # busy fraction of the node's model thread, recently
+    step_ms: float = 0.0  # the node's recent time per forward pass
 
 
 class SwarmScheduler:
@@ -170,6 +171,7 @@ class SwarmScheduler:
                     "peer_id": m.peer_id, "serves": m.serves, "assigned": self.assignment.get(m.index),
                     "ready": m.ready_range, "resident_requests": m.resident, "kv_free_bytes": m.kv_free_bytes,
                     "served_tokens": m.served_tokens, "memory_bytes": m.spec.memory_bytes,
+                    "utilization": round(m.utilization, 3), "step_ms": round(m.step_ms, 2),
                     "profile": m.profile, "seconds_since_heartbeat": round(time.monotonic() - m.last_heard, 2),
                 } for m in sorted(self.members.values(), key=lambda m: m.index)],
             }

@@ -35,9 +35,10 @@ class Attempt:
 
 
 class Origin:
-    """`route_for(tokens, avoid) -> list[Hop]` asks the scheduler for a route (raises RouteUnavailable)."""
+    """`route_for(prompt_tokens, kv_tokens, avoid) -> list[Hop]` asks the scheduler for a route whose
+    nodes have KV cache free for kv_tokens (raises RouteUnavailable)."""
 
-    def __init__(self, send, route_for: Callable[[int, set[str]], list[Hop]], peer_id: str,
+    def __init__(self, send, route_for: Callable[[int, int, set[str]], list[Hop]], peer_id: str,
                  first_token_timeout_s: float = 120.0, token_timeout_s: float = 30.0, max_attempts: int = 4):
         self.send, self.route_for, self.peer_id = send, route_for, peer_id
         self.first_token_timeout_s, self.token_timeout_s = first_token_timeout_s, token_timeout_s
@@ -61,7 +62,8 @@ class Origin:
             remaining = params.max_tokens - len(produced)
             if remaining <= 0:
                 return
-            route = self.route_for(len(prompt) + len(produced), avoid)
+            context = len(prompt) + len(produced)
+            route = self.route_for(context, context + remaining, avoid)
             if on_route:
                 on_route(route)
             attempt = self._start(route, prompt + produced, replace(params, max_tokens=remaining))

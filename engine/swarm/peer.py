@@ -17,7 +17,7 @@ from engine.swarm.wire import Message, WireError
 
 class Peer:
     def __init__(self, transport_factory: Callable[[Callable[[Message], dict | None]], Transport],
-                 route_for: Callable[[int, set[str]], list[Hop]], **origin_options):
+                 route_for: Callable[[int, int, set[str]], list[Hop]], **origin_options):
         self.handlers: dict[str, Callable[[Message], dict | None]] = {
             "stage.forward": self._forward, "stage.release": self._release,
             "stage.token": self._to_origin, "stage.error": self._to_origin, "ping": lambda m: None,
@@ -27,9 +27,9 @@ class Peer:
         self.stage: StageWorker | None = None
         self.origin = Origin(self.transport.send, route_for, self.peer_id, **origin_options)
 
-    def serve(self, runner) -> None:
+    def serve(self, runner, wire_dtype: str | None = None) -> None:
         """Start serving a shard (replacing any previous one)."""
-        old, self.stage = self.stage, StageWorker(runner, self.transport.send, self.peer_id)
+        old, self.stage = self.stage, StageWorker(runner, self.transport.send, self.peer_id, wire_dtype)
         if old is not None:
             old.close()
 

@@ -53,13 +53,19 @@ class Work:
 
 
 class StageWorker:
-    def __init__(self, runner, send, peer_id: str, idle_timeout_s: float = 300.0):
+    """wire_dtype: the swarm-wide dtype of hidden states between stages (the host's choice); each
+    stage computes in its own dtype and converts at its edges."""
+
+    def __init__(self, runner, send, peer_id: str, wire_dtype: str | None = None, idle_timeout_s: float = 300.0):
         self.runner, self.send, self.peer_id = runner, send, peer_id
         self.spec = runner.spec
-        self.wire_dtype = WIRE_DTYPES[runner.dtype]
+        self.wire_dtype = wire_dtype or WIRE_DTYPES[runner.dtype]
         self.idle_timeout_s = idle_timeout_s
         self.requests: dict[str, StageRequest] = {}
         self.served_tokens = 0
+        self.steps = 0
+        self.step_ms = 0.0  # moving average of one forward pass
+        self._busy_s, self._busy_since = 0.0, time.monotonic()
         self._queue: queue.Queue[Work | None] = queue.Queue()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="stage-worker", daemon=True)
@@ -116,6 +122,13 @@ class StageWorker:
             raise WireError("a decode step carries the hidden state of exactly 1 token")
         return torch.frombuffer(bytearray(hidden.data), dtype=TORCH_DTYPES[hidden.dtype]).reshape(hidden.shape)
 
+    def utilization(self) -> float:
+        """Busy fraction of the model thread since the last call (heartbeats call it)."""
+        now = time.monotonic()
+        busy, span = self._busy_s, max(now - self._busy_since, 1e-6)
+        self._busy_s, self._busy_since = 0.0, now
+        return min(busy / span, 1.0)
+
     def release(self, request_id: str) -> bool:
         with self._lock:
             known = self.requests.pop(request_id, None) is not None
@@ -143,10 +156,15 @@ class StageWorker:
                     self._queue.put(None)
                     break
                 batch.append(item)
+            started = time.monotonic()
             try:
                 self._step(batch)
             except Exception:
                 log.exception("stage step failed")
+            took = time.monotonic() - started
+            self._busy_s += took
+            self.steps += 1
+            self.step_ms = 0.9 * self.step_ms + 0.1 * took * 1e3 if self.steps > 1 else took * 1e3
             self._expire_idle()
 
     def _step(self, batch: list[Work]) -> None:
@@ -185,7 +203,7 @@ class StageWorker:
         if span[1] == self.spec.num_layers:
             self._emit_tokens(works, out)
         else:
-            out = out.to("cpu").contiguous()
+            out = out.to("cpu", TORCH_DTYPES[self.wire_dtype]).contiguous()
             for row, work in enumerate(works):
                 state = self.requests.get(work.request_id)
                 if state is None:

@@ -1,0 +1,429 @@
+"""Phase 1 of Potluck's scheduler: which layers each node serves.
+
+Decode is memory-bound, so a pipeline's token rate is roughly (requests it holds) / (time to
+read its weights once + links); the number of requests it can hold is set by the KV cache left
+after the weights. Packing many layers per node (Petals) starves the cache; spreading layers thin
+adds hops and round trips. So phase 1 searches the KV reservation Q (concurrent sessions per
+pipeline): for each Q it gives every node the layers that fit beside Q sessions of cache
+(m = M / (layer + Q * kv_per_layer)), forms pipelines from the fastest nodes of each region,
+splits layers inside a pipeline so every stage takes the same time (by measured per-layer time
+at the expected batch, not TFLOP/s), predicts throughput and latency with the performance model,
+and keeps the Q that gives the most tokens/s within the latency budget. Nodes left over are put
+on the layers where the swarm is thinnest, so routing can stitch them into chains.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .model import ModelShape
+from .perf import STEP_OVERHEAD_S, layer_decode_time, prefill_time, transfer_time
+from .policy import Assignment, SwarmContext
+from .topology import NodeSpec
+from .workload import LENGTH_SIGMA
+
+CONCURRENCY_GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+TPOT_BUDGET = 0.8  # share of the TPOT SLO a fully loaded pipeline may use; the rest is queueing slack
+TTFT_BUDGET = 0.3  # share of the TTFT SLO a long prompt's bare prefill may use
+STITCHER_PREFILL_SHARE = 0.1  # a spare node whose prefill of a mean prompt takes more of the TTFT SLO stays idle
+# pipelines are planned for prompts up to this multiple of the mean; the router keeps longer prompts
+# off chains too slow for them (potluck.PREFILL_HOP_SHARE, TTFT_ROUTE_SHARE)
+PLANNED_PROMPT_FACTOR = 1.5
+P99_FACTOR = math.exp(2.326 * LENGTH_SIGMA - LENGTH_SIGMA**2 / 2)  # p99 / mean of a request length
+
+
+class SwarmTooSmall(Exception):
+    def __init__(self, needed_bytes: float):
+        self.needed_bytes = needed_bytes
+        super().__init__(f"swarm too small for this model: needs {needed_bytes / 1e9:.1f} GB more memory "
+                         f"(add nodes or use a smaller or quantised model)")
+
+
+@dataclass
+class Pipeline:
+    stages: list[tuple[int, int, int]]  # (node, start, end) in chain order
+    concurrency: float  # sessions the pipeline holds at the predicted rate
+    tok_s: float
+    tpot_s: float
+    ttft_s: float
+
+
+@dataclass
+class Plan:
+    assignment: Assignment
+    pipelines: list[Pipeline] = field(default_factory=list)
+    stitchers: list[int] = field(default_factory=list)
+    concurrency: int = 0
+
+    @property
+    def tok_s(self) -> float:
+        return sum(p.tok_s for p in self.pipelines)
+
+
+def layers_that_fit(node: NodeSpec, model: ModelShape, kv_tokens: float, extra_bytes: float = 0.0) -> int:
+    """Layers whose weights fit beside KV cache for kv_tokens (summed over sessions) per layer."""
+    per_layer = model.layer_bytes + kv_tokens * model.kv_bytes_per_token_layer
+    return max(0, min(model.num_layers, int((node.memory_bytes - extra_bytes) // per_layer)))
+
+
+def check_swarm_fits(nodes: list[NodeSpec], ctx: SwarmContext) -> None:
+    """Raise SwarmTooSmall unless the swarm can hold one replica plus cache for one long request."""
+    model = ctx.model
+    request_tokens = min(ctx.workload.max_context, ctx.workload.kv_tokens_mean * P99_FACTOR)
+    per_layer = model.layer_bytes + request_tokens * model.kv_bytes_per_token_layer
+    held = sum(min(model.num_layers, int(n.memory_bytes // per_layer)) for n in nodes)
+    total = sum(n.memory_bytes for n in nodes)
+    need = model.num_layers * per_layer + model.embed_bytes + model.lm_head_bytes
+    if held < model.num_layers or total < need:
+        missing_layers = max(0, model.num_layers - held)
+        raise SwarmTooSmall(max(need - total, missing_layers * per_layer, 1e8))
+
+
+def split_layers(times: list[float], caps: list[int], num_layers: int) -> list[int] | None:
+    """Layers per stage so that layers * per-layer time is level across stages (water-filling)."""
+    if sum(caps) < num_layers:
+        return None
+    # n_i = min(c_i, lam / t_i); walk the saturation points c_i * t_i in increasing order
+    order = sorted(range(len(caps)), key=lambda k: caps[k] * times[k])
+    saturated = 0.0
+    inv_rest = sum(1.0 / t for t in times)
+    lam = 0.0
+    for k in order:
+        if saturated + caps[k] * times[k] * inv_rest >= num_layers:
+            lam = (num_layers - saturated) / inv_rest
+            break
+        saturated += caps[k]
+        inv_rest -= 1.0 / times[k]
+    else:
+        lam = max(c * t for c, t in zip(caps, times))
+    real = [min(c, lam / t) for c, t in zip(caps, times)]
+    counts = [min(c, int(x)) for c, x in zip(caps, real)]
+    short = num_layers - sum(counts)
+    for k in sorted(range(len(caps)), key=lambda k: counts[k] - real[k]):
+        if short <= 0:
+            break
+        if counts[k] < caps[k]:
+            counts[k] += 1
+            short -= 1
+    if short > 0:
+        for k in sorted(range(len(caps)), key=lambda k: times[k]):
+            add = min(short, caps[k] - counts[k])
+            counts[k] += add
+            short -= add
+    return counts
+
+
+class PipelineModel:
+    """Predicts a pipeline's tokens/s, TPOT and TTFT from the performance model."""
+
+    def __init__(self, ctx: SwarmContext, strict: bool = True):
+        self.ctx = ctx
+        wl = ctx.workload
+        self.context = wl.decode_context_mean
+        self.kv_tokens = wl.kv_tokens_mean
+        self.long_prompt = min(wl.max_context, wl.prompt_tokens_mean * PLANNED_PROMPT_FACTOR)
+        # without strict budgets (when nothing meets them) the swarm still serves, just slower
+        self.tpot_budget = TPOT_BUDGET * ctx.slo.tpot_p50_s if strict else math.inf
+        self.ttft_budget = TTFT_BUDGET * ctx.slo.ttft_p99_s if strict else math.inf
+        self.cache: dict = {}
+
+    def links(self, stages: list[NodeSpec]) -> float:
+        """Half round trips around the ring (the last stage sends the token back to the first)."""
+        if len(stages) == 1:
+            return 0.0
+        rtt = self.ctx.rtt
+        return sum(rtt.rtt_s(s.region, stages[(k + 1) % len(stages)].region) / 2 for k, s in enumerate(stages))
+
+    def cycle(self, stages: list[NodeSpec], layers: list[int], q: float, links: float) -> tuple[float, float]:
+        """(token time, tokens/s) of a pipeline holding q requests, spread evenly over its stages.
+
+        Per stage: its decode step at batch q/S, slowed by the share of time it spends on prompts
+        (rho = request rate x prefill time), plus uploading the batch's hidden states; plus links.
+        The request rate depends on the throughput, so iterate to the fixed point.
+        """
+        model, wl = self.ctx.model, self.ctx.workload
+        batch = q / len(stages)
+        hidden = model.hidden_state_bytes(1)
+        steps = [n * layer_decode_time(s, model, batch, self.context) + STEP_OVERHEAD_S for s, n in zip(stages, layers)]
+        uploads = [batch * transfer_time(s, hidden) if len(stages) > 1 else 0.0 for s in stages]
+        prefills = [prefill_time(s, model, n, int(wl.prompt_tokens_mean)) for s, n in zip(stages, layers)]
+        rate = 0.0
+        for _ in range(12):
+            requests_per_s = rate / wl.output_tokens_mean
+            t = links
+            for step, up, pre in zip(steps, uploads, prefills):
+                rho = min(0.95, requests_per_s * pre)
+                t += step / (1 - rho) + up
+            new_rate = q / t
+            if abs(new_rate - rate) < 1e-3 * new_rate:
+                break
+            rate = 0.5 * (rate + new_rate) if rate else new_rate
+        return t, q / t
+
+    def ttft(self, stages: list[NodeSpec], layers: list[int], rate: float) -> float:
+        """Bare time to first token of a p99-long prompt while the pipeline runs at `rate` tokens/s."""
+        model, wl = self.ctx.model, self.ctx.workload
+        requests_per_s = rate / wl.output_tokens_mean
+        total = 0.0
+        for k, (s, n) in enumerate(zip(stages, layers)):
+            rho = min(0.95, requests_per_s * prefill_time(s, model, n, int(wl.prompt_tokens_mean)))
+            total += prefill_time(s, model, n, int(self.long_prompt)) / (1 - rho)
+            if k + 1 < len(stages):
+                total += (self.ctx.rtt.rtt_s(s.region, stages[k + 1].region) / 2
+                          + transfer_time(s, model.hidden_state_bytes(int(self.long_prompt))))
+        return total
+
+    def evaluate(self, stages: list[NodeSpec], layers: list[int]) -> tuple[float, float, float, float] | None:
+        """(tok/s, concurrency, tpot, ttft) at the largest concurrency that memory holds and that
+        keeps both latency budgets; None when even one session breaks them."""
+        model = self.ctx.model
+        hold = []
+        for k, (s, n) in enumerate(zip(stages, layers)):
+            start = sum(layers[:k])
+            free = s.memory_bytes - model.weight_bytes(start, start + n)
+            hold.append(free / model.kv_bytes(self.kv_tokens, n))
+        q_max = min(hold)
+        links = self.links(stages)
+
+        def within(q: float) -> bool:
+            tpot, rate = self.cycle(stages, layers, q, links)
+            return tpot <= self.tpot_budget and self.ttft(stages, layers, rate) <= self.ttft_budget
+
+        if q_max < 1 or not within(1.0):
+            return None
+        q = q_max
+        if not within(q):
+            lo, hi = 1.0, q_max
+            for _ in range(16):
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if within(mid) else (lo, mid)
+            q = lo
+        tpot, rate = self.cycle(stages, layers, q, links)
+        return rate, q, tpot, self.ttft(stages, layers, rate)
+
+
+def hardware_key(node: NodeSpec) -> tuple:
+    return (node.memory_bytes, node.tflops, node.bandwidth_gbs, node.region, node.uplink_mbps)
+
+
+def build_pipeline(members: list[NodeSpec], q: int, pm: PipelineModel) -> Pipeline | None:
+    """Pipeline over these nodes with reservation q; identical hardware lists are solved once."""
+    key = (q, tuple(hardware_key(n) for n in members))
+    if key not in pm.cache:
+        pm.cache[key] = _build_pipeline(members, q, pm)
+    solved = pm.cache[key]
+    if solved is None:
+        return None
+    positions, pipe = solved
+    stages = [(members[k].id, s, e) for k, (_, s, e) in zip(positions, pipe.stages)]
+    return Pipeline(stages, pipe.concurrency, pipe.tok_s, pipe.tpot_s, pipe.ttft_s)
+
+
+def _build_pipeline(members: list[NodeSpec], q: int, pm: PipelineModel) -> tuple[list[int], Pipeline] | None:
+    model = pm.ctx.model
+    kv = q * pm.kv_tokens
+    index = list(range(len(members)))
+    if len(members) == 1:
+        caps = [layers_that_fit(members[0], model, kv, model.embed_bytes + model.lm_head_bytes)]
+    else:
+        by_memory = sorted(index, key=lambda k: -members[k].memory_bytes)
+        first, last = by_memory[0], by_memory[1]
+        index = [first] + [k for k in index if k not in (first, last)] + [last]
+        caps = ([layers_that_fit(members[first], model, kv, model.embed_bytes)]
+                + [layers_that_fit(members[k], model, kv) for k in index[1:-1]]
+                + [layers_that_fit(members[last], model, kv, model.lm_head_bytes)])
+    order = [members[k] for k in index]
+    batch = q / len(order)
+    times = [layer_decode_time(n, model, batch, pm.context) for n in order]
+    counts = split_layers(times, caps, model.num_layers)
+    if counts is None:
+        return None
+    keep = [k for k, c in enumerate(counts) if c > 0]
+    if keep[0] != 0 or keep[-1] != len(order) - 1:
+        return None  # the ends must stay where embedding / lm_head were budgeted
+    stages_nodes = [order[k] for k in keep]
+    layers = [counts[k] for k in keep]
+    result = pm.evaluate(stages_nodes, layers)
+    if result is None:
+        return None
+    rate, conc, tpot, ttft = result
+    stages, start = [], 0
+    for n in layers:
+        stages.append((-1, start, start + n))
+        start += n
+    return [index[k] for k in keep], Pipeline(stages, conc, rate, tpot, ttft)
+
+
+def form_pipelines(nodes: list[NodeSpec], q: int, pm: PipelineModel,
+                   mix: bool = False) -> tuple[list[Pipeline], list[NodeSpec]]:
+    """Greedy pipelines, each with just enough nodes to hold all layers.
+
+    Plain: fastest nodes first. Mixed: each pipeline takes alternately from the fast and the slow
+    end of the pool, so slow nodes (good KV holders with a few layers) ride along with fast ones
+    inside the latency budget instead of forming pipelines too slow to use.
+    """
+    model = pm.ctx.model
+    kv = q * pm.kv_tokens
+    pool = sorted(nodes, key=node_speed_key)
+    pipelines: list[Pipeline] = []
+    leftover: list[NodeSpec] = []
+    while pool:
+        members, held, take_fast = [], 0, True
+        while pool and held < model.num_layers + 2:
+            n = pool.pop(0) if take_fast or not mix else pool.pop()
+            take_fast = not take_fast
+            c = layers_that_fit(n, model, kv)
+            if c > 0:
+                members.append(n)
+                held += c
+            else:
+                leftover.append(n)
+        pipe = build_pipeline(members, q, pm) if held >= model.num_layers else None
+        for _ in range(12 if mix else 3):
+            if pipe is not None or not pool:
+                break
+            # too slow, or the ends lost room to embedding / lm_head: trade the slowest member
+            # for the fastest node left
+            slowest = min(members, key=lambda n: n.bandwidth_gbs)
+            if held - layers_that_fit(slowest, model, kv) + layers_that_fit(pool[0], model, kv) >= model.num_layers:
+                members.remove(slowest)
+                leftover.append(slowest)
+            members.append(pool.pop(0))
+            held = sum(layers_that_fit(n, model, kv) for n in members)
+            pipe = build_pipeline(members, q, pm) if held >= model.num_layers else None
+        if pipe is None:
+            leftover += members
+            break
+        pipelines.append(pipe)
+        used = {st[0] for st in pipe.stages}
+        unused = [n for n in members if n.id not in used]  # the split gave them no layers
+        if unused:
+            pool = sorted(pool + unused, key=node_speed_key)
+    return pipelines, leftover + pool
+
+
+def node_speed_key(node: NodeSpec) -> float:
+    return -node.bandwidth_gbs
+
+
+def best_pipelines(nodes: list[NodeSpec], pm: PipelineModel) -> tuple[list[Pipeline], list[NodeSpec], int]:
+    """The KV reservation q (from the grid) whose pipelines give these nodes the most tokens/s."""
+    best: tuple[float, int, list[Pipeline], list[NodeSpec]] = (0.0, 1, [], list(nodes))
+    for q in CONCURRENCY_GRID:
+        for mix in (False, True):
+            pipelines, leftover = form_pipelines(nodes, q, pm, mix)
+            total = sum(p.tok_s for p in pipelines)
+            if total > best[0]:
+                best = (total, q, pipelines, leftover)
+    return best[2], best[3], best[1]
+
+
+def plan_pipelines(nodes: list[NodeSpec], pm: PipelineModel) -> tuple[list[Pipeline], list[NodeSpec], int]:
+    """Pipelines inside each region first (round trips there are short), each region with its own
+    reservation; then regions' leftovers together, if the round trips between them allow."""
+    by_region: dict[str, list[NodeSpec]] = {}
+    for n in nodes:
+        by_region.setdefault(n.region, []).append(n)
+    pipelines: list[Pipeline] = []
+    leftover: list[NodeSpec] = []
+    qs = []
+    for region in sorted(by_region):
+        pipes, rest, q = best_pipelines(by_region[region], pm)
+        pipelines += pipes
+        leftover += rest
+        if pipes:
+            qs.append(q)
+    if len({n.region for n in leftover}) > 1:
+        pipes, leftover, q = best_pipelines(leftover, pm)
+        pipelines += pipes
+        if pipes:
+            qs.append(q)
+    return pipelines, leftover, (min(qs) if qs else 1)
+
+
+def layer_rates(pipelines: list[Pipeline], num_layers: int) -> np.ndarray:
+    rates = np.zeros(num_layers)
+    for p in pipelines:
+        rates += p.tok_s  # every pipeline covers every layer
+    return rates
+
+
+def place_stitchers(leftover: list[NodeSpec], q: int, rates: np.ndarray, ref_cycle: float,
+                    pm: PipelineModel, assignment: Assignment) -> list[int]:
+    """Give leftover nodes the window of layers where the summed token rate is lowest."""
+    model = pm.ctx.model
+    placed = []
+    for node in sorted(leftover, key=node_speed_key):
+        m = layers_that_fit(node, model, q * pm.kv_tokens)
+        if m == 0:
+            m = layers_that_fit(node, model, pm.kv_tokens)
+        if m == 0:
+            continue
+        m = min(m, model.num_layers)
+        windows = np.lib.stride_tricks.sliding_window_view(rates, m)
+        mins = windows.min(axis=1) + 1e-9 * windows.sum(axis=1)
+        start = int(np.argmin(mins))
+        extra = (model.embed_bytes if start == 0 else 0) + (model.lm_head_bytes if start + m == model.num_layers else 0)
+        while m > 0 and model.weight_bytes(start, start + m) + model.kv_bytes(pm.kv_tokens, m) > node.memory_bytes:
+            m -= 1  # room for embedding / lm_head at the ends
+        if m == 0:
+            continue
+        del extra
+        prompt = int(pm.ctx.workload.prompt_tokens_mean)
+        bare = prefill_time(node, model, m, prompt) + transfer_time(node, model.hidden_state_bytes(prompt))
+        if bare > STITCHER_PREFILL_SHARE * pm.ctx.slo.ttft_p99_s:
+            continue  # too slow on prompts to help; it stays on standby
+        free = node.memory_bytes - model.weight_bytes(start, start + m)
+        conc = free / model.kv_bytes(pm.kv_tokens, m)
+        rates[start:start + m] += conc / max(ref_cycle, 1e-3)
+        assignment[node.id] = (start, start + m)
+        placed.append(node.id)
+    return placed
+
+
+def allocate(nodes: list[NodeSpec], ctx: SwarmContext) -> Plan:
+    check_swarm_fits(nodes, ctx)
+    plan = _allocate(nodes, PipelineModel(ctx))
+    if not plan.pipelines:
+        plan = _allocate(nodes, PipelineModel(ctx, strict=False))
+    if not plan.pipelines:
+        ensure_coverage(nodes, plan, ctx)
+    return plan
+
+
+def _allocate(nodes: list[NodeSpec], pm: PipelineModel) -> Plan:
+    pipelines, leftover, q = plan_pipelines(nodes, pm)
+    if not pipelines:
+        return Plan({}, [], [], 1)
+    assignment: Assignment = {}
+    for p in pipelines:
+        for node, start, end in p.stages:
+            assignment[node] = (start, end)
+    rates = layer_rates(pipelines, pm.ctx.model.num_layers)
+    ref_cycle = float(np.median([p.tpot_s for p in pipelines]))
+    stitchers = place_stitchers(leftover, q, rates, ref_cycle, pm, assignment)
+    return Plan(assignment, pipelines, stitchers, q)
+
+
+def ensure_coverage(nodes: list[NodeSpec], plan: Plan, ctx: SwarmContext) -> None:
+    """Without any pipeline, cover the layers greedily with the largest nodes, one session each."""
+    model = ctx.model
+    plan.assignment.clear()
+    plan.stitchers = []
+    start = 0
+    kv = ctx.workload.kv_tokens_mean
+    for node in sorted(nodes, key=lambda n: -n.memory_bytes):
+        if start >= model.num_layers:
+            break
+        n = model.num_layers - start
+        while n > 0 and model.weight_bytes(start, start + n) + model.kv_bytes(kv, n) > node.memory_bytes:
+            n -= 1
+        if n > 0:
+            plan.assignment[node.id] = (start, start + n)
+            start += n
+    if start < model.num_layers:
+        per_layer = model.layer_bytes + model.kv_bytes(kv, 1)
+        raise SwarmTooSmall((model.num_layers - start) * per_layer + model.lm_head_bytes)

@@ -1,0 +1,47 @@
+"""Performance model: how long a node takes for a step, a prefill, a hop; how much KV a request needs.
+
+Decode is memory-bandwidth-bound: every step reads the stage's weights once for the whole batch
+and each request's KV cache; prefill is compute-bound. A step takes the larger of the two
+(roofline) plus a fixed launch overhead. The live scheduler feeds it measured profiles; the
+simulator uses exactly the same functions, so what the scheduler predicts is what it is judged by.
+"""
+
+from __future__ import annotations
+
+from .model import ModelShape
+from .topology import NodeSpec
+
+STEP_OVERHEAD_S = 0.0005  # kernel launches, sampling, framework bookkeeping per step
+
+
+def step_time(node: NodeSpec, bytes_read: float, flops: float) -> float:
+    return max(bytes_read / node.bytes_per_s, flops / node.flops_per_s) + STEP_OVERHEAD_S
+
+
+def layer_decode_time(node: NodeSpec, model: ModelShape, batch: float, context: float) -> float:
+    """Seconds for one decode step of `batch` requests through one layer (no overhead)."""
+    read = model.layer_bytes + batch * context * model.kv_bytes_per_token_layer
+    return max(read / node.bytes_per_s, batch * model.flops_per_token_layer / node.flops_per_s)
+
+
+def decode_step_time(node: NodeSpec, model: ModelShape, layers: int, batch: float, context: float) -> float:
+    return layers * layer_decode_time(node, model, batch, context) + STEP_OVERHEAD_S
+
+
+def prefill_time(node: NodeSpec, model: ModelShape, layers: int, tokens: int) -> float:
+    read = layers * (model.layer_bytes + tokens * model.kv_bytes_per_token_layer)
+    return step_time(node, read, layers * tokens * model.flops_per_token_layer)
+
+
+def transfer_time(node: NodeSpec, nbytes: float) -> float:
+    """Time to push nbytes through the node's uplink."""
+    return nbytes * 8 / (node.uplink_mbps * 1e6)
+
+
+def link_time(sender: NodeSpec, rtt_s: float, nbytes: float) -> float:
+    """One hop: half a round trip plus serialisation on the sender's uplink."""
+    return rtt_s / 2 + transfer_time(sender, nbytes)
+
+
+def kv_request_bytes(model: ModelShape, tokens: int, layers: int) -> float:
+    return model.kv_bytes(tokens, layers)

@@ -1,0 +1,113 @@
+"""The interface every scheduling policy implements, and the registry of policies by name.
+
+A policy decides three things only: which layers each node serves (allocation, on start and on
+every join or leave), which chain of nodes serves a request (routing), and whether a request
+whose chain lost a node is re-routed or fails. Everything else - timing, memory, batching,
+links - belongs to the simulator (or to the real swarm) and is the same for every policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .model import ModelShape
+from .topology import NodeSpec, RttTable
+from .workload import Slo, Workload
+
+Assignment = dict[int, tuple[int, int]]  # node id -> layers [start, end)
+
+
+@dataclass(frozen=True)
+class SwarmContext:
+    """What every policy is told up front."""
+
+    model: ModelShape
+    rtt: RttTable
+    workload: Workload
+    slo: Slo
+
+
+@dataclass(frozen=True)
+class Hop:
+    node: int
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class RouteRequest:
+    id: int
+    prompt_tokens: int  # tokens to prefill (prompt, or prompt + generated after a re-route)
+    kv_tokens: int  # KV cache the request needs: prompt + max_tokens
+
+
+@dataclass
+class LoadView:
+    """Live per-node state a policy may read when routing (arrays indexed by node id)."""
+
+    now: float
+    ready: Sequence[bool]  # alive and weights loaded
+    kv_free: Sequence[float]  # bytes of KV cache still free
+    resident: Sequence[int]  # requests holding KV cache on the node
+    busy_until: Sequence[float]  # when the node's current step ends
+    utilization: Sequence[float] = ()  # recent busy fraction (moving average over a few seconds)
+    assignment_version: int = 0  # changes whenever the assignment does (lets policies cache)
+
+
+class Policy:
+    name = ""
+    reroutes_on_failure = False
+
+    def __init__(self, ctx: SwarmContext):
+        self.ctx = ctx
+
+    def allocate(self, nodes: dict[int, NodeSpec]) -> Assignment:
+        """Layers per node; empty (or partial) when the swarm cannot hold the model."""
+        raise NotImplementedError
+
+    def on_join(self, node: NodeSpec, nodes: dict[int, NodeSpec], current: Assignment) -> Assignment:
+        """New assignment after a join; nodes includes the newcomer. Default: it stays idle."""
+        return current
+
+    def on_leave(self, node_id: int, nodes: dict[int, NodeSpec], current: Assignment) -> Assignment:
+        """New assignment after a leave; nodes no longer holds the leaver, current still does."""
+        return {n: r for n, r in current.items() if n != node_id}
+
+    def rebalance(self, nodes: dict[int, NodeSpec], current: Assignment, view: LoadView) -> Assignment | None:
+        """Called periodically; return a new assignment to move layers, or None."""
+        return None
+
+    def route(self, request: RouteRequest, nodes: dict[int, NodeSpec], current: Assignment,
+              view: LoadView) -> list[Hop] | None:
+        """A contiguous chain covering layers 0..L, or None to make the request wait."""
+        raise NotImplementedError
+
+
+POLICY_NAMES = ("potluck", "petals", "exo", "parallax")
+
+
+def make_policy(name: str, ctx: SwarmContext) -> Policy:
+    if name == "potluck":
+        from .potluck import PotluckPolicy as cls
+    elif name == "petals":
+        from .petals import PetalsPolicy as cls
+    elif name == "exo":
+        from .exo import ExoPolicy as cls
+    elif name == "parallax":
+        from .parallax import ParallaxPolicy as cls
+    else:
+        raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICY_NAMES)}")
+    return cls(ctx)
+
+
+def covers_all_layers(assignment: Assignment, num_layers: int) -> bool:
+    covered = [False] * num_layers
+    for start, end in assignment.values():
+        for layer in range(start, end):
+            covered[layer] = True
+    return all(covered)
+
+
+def kv_fits(view: LoadView, hops: list[Hop], kv_tokens: int, model: ModelShape) -> bool:
+    return all(view.kv_free[h.node] >= model.kv_bytes(kv_tokens, h.end - h.start) for h in hops)

@@ -1,0 +1,244 @@
+"""Potluck's own policy: KV-aware pipeline allocation + load-aware stitching routes.
+
+Joins and leaves are incremental: a newcomer takes the thinnest layers without moving anyone;
+a leaver's layers are taken over by spare nodes only when no one else covers them. A global
+re-plan happens only when its predicted gain over the next minutes beats the tokens lost while
+moved nodes reload their weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .allocation import PipelineModel, Plan, SwarmTooSmall, allocate, layers_that_fit
+from .perf import STEP_OVERHEAD_S, layer_decode_time, prefill_time, transfer_time
+from .policy import Assignment, Hop, LoadView, Policy, RouteRequest, SwarmContext, covers_all_layers
+from .routing import cheapest_per_group, cheapest_ring
+from .topology import NodeSpec
+
+REPLAN_HORIZON_S = 600.0  # how long a re-plan is expected to pay off
+RELOAD_GBS = 2.0  # weight loading speed assumed when pricing a re-plan
+MAX_UTILIZATION = 0.97
+PREFILL_HOP_SHARE = 0.1  # most of the TTFT objective one hop's prefill may take
+PROMPT_LOAD_DECAY_S = 2.0  # how long a routed prompt is assumed to keep a node busy
+TTFT_ROUTE_SHARE = 0.3  # share of the TTFT objective a chain's bare prefill may take before it is re-planned
+
+
+class PotluckPolicy(Policy):
+    name = "potluck"
+    reroutes_on_failure = True
+
+    def __init__(self, ctx: SwarmContext):
+        super().__init__(ctx)
+        self.plan: Plan | None = None
+        self._regions = ctx.rtt.regions
+        _, rtt = ctx.rtt.matrix()
+        self._half_rtt = [[x / 2 for x in row] for row in rtt]
+        self._region_index = {r: i for i, r in enumerate(self._regions)}
+        self._spans_key = None
+        self._spans: list[tuple[int, int, int, int]] = []
+        self._token_time_target = ctx.slo.tpot_p50_s
+        # prompt tokens recently sent through each node (decaying): the prefill queue it has now
+        self._prompt_load = np.zeros(0)
+        self._prompt_load_t = 0.0
+
+    # phase 1 -----------------------------------------------------------------------------
+    def allocate(self, nodes: dict[int, NodeSpec]) -> Assignment:
+        """Empty when the swarm cannot hold the model (allocation.check_swarm_fits says by how much)."""
+        try:
+            self.plan = allocate(list(nodes.values()), self.ctx)
+        except SwarmTooSmall:
+            self.plan = None
+            return {}
+        return dict(self.plan.assignment)
+
+    def on_join(self, node: NodeSpec, nodes: dict[int, NodeSpec], current: Assignment) -> Assignment:
+        model = self.ctx.model
+        q = self.plan.concurrency if self.plan else 1
+        kv = self.ctx.workload.kv_tokens_mean
+        m = layers_that_fit(node, model, q * kv) or layers_that_fit(node, model, kv)
+        if m == 0:
+            return current
+        rates = self._layer_rates(nodes, current)
+        windows = np.lib.stride_tricks.sliding_window_view(rates, m)
+        start = int(np.argmin(windows.min(axis=1) + 1e-9 * windows.sum(axis=1)))
+        while m > 0 and model.weight_bytes(start, start + m) + model.kv_bytes(kv, m) > node.memory_bytes:
+            m -= 1
+        if m == 0:
+            return current
+        new = dict(current)
+        new[node.id] = (start, start + m)
+        return new
+
+    def on_leave(self, node_id: int, nodes: dict[int, NodeSpec], current: Assignment) -> Assignment:
+        new = {n: r for n, r in current.items() if n != node_id and n in nodes}
+        if covers_all_layers(new, self.ctx.model.num_layers):
+            return new
+        gap = self._uncovered(new)
+        filled = self._fill_gaps(gap, nodes, new)
+        if filled is not None:
+            return filled
+        return self.allocate(nodes) or new
+
+    def rebalance(self, nodes: dict[int, NodeSpec], current: Assignment, view: LoadView) -> Assignment | None:
+        try:
+            fresh = allocate(list(nodes.values()), self.ctx)
+        except SwarmTooSmall:
+            return None
+        now_rate = self._estimate(nodes, current)
+        moved = [n for n, r in fresh.assignment.items() if current.get(n) != r]
+        reload_s = max((self.ctx.model.weight_bytes(*fresh.assignment[n]) for n in moved), default=0.0) / (RELOAD_GBS * 1e9)
+        moved_share = len(moved) / max(1, len(fresh.assignment))
+        gain = (fresh.tok_s - now_rate) * REPLAN_HORIZON_S
+        cost = now_rate * reload_s * moved_share + fresh.tok_s * reload_s * moved_share
+        if gain > cost and fresh.tok_s > 1.1 * now_rate:
+            self.plan = fresh
+            return dict(fresh.assignment)
+        return None
+
+    def _uncovered(self, assignment: Assignment) -> list[int]:
+        covered = np.zeros(self.ctx.model.num_layers, dtype=bool)
+        for s, e in assignment.values():
+            covered[s:e] = True
+        return [int(x) for x in np.flatnonzero(~covered)]
+
+    def _fill_gaps(self, gap: list[int], nodes: dict[int, NodeSpec], assignment: Assignment) -> Assignment | None:
+        """Move stitchers / idle nodes (never pipeline members) onto uncovered layers."""
+        model = self.ctx.model
+        kv = self.ctx.workload.kv_tokens_mean
+        in_pipeline = {s[0] for p in (self.plan.pipelines if self.plan else []) for s in p.stages}
+        spare = sorted((n for n in nodes.values() if n.id not in in_pipeline),
+                       key=lambda n: -n.memory_bytes)
+        new = dict(assignment)
+        layers = list(gap)
+        while layers:
+            start = layers[0]
+            end = start
+            while end < model.num_layers and end in layers:
+                end += 1
+            for node in spare:
+                n = end - start
+                while n > 0 and model.weight_bytes(start, start + n) + model.kv_bytes(kv, n) > node.memory_bytes:
+                    n -= 1
+                if n > 0:
+                    new[node.id] = (start, start + n)
+                    spare.remove(node)
+                    layers = [x for x in layers if not start <= x < start + n]
+                    break
+            else:
+                return None
+        return new
+
+    def _layer_rates(self, nodes: dict[int, NodeSpec], assignment: Assignment) -> np.ndarray:
+        """Tokens/s each layer could pass, summed over the nodes that hold it (rough)."""
+        model, pm = self.ctx.model, PipelineModel(self.ctx)
+        rates = np.zeros(model.num_layers)
+        for nid, (s, e) in assignment.items():
+            node = nodes.get(nid)
+            if node is None:
+                continue
+            free = node.memory_bytes - model.weight_bytes(s, e)
+            conc = max(0.0, free / model.kv_bytes(pm.kv_tokens, e - s))
+            t = (e - s) * layer_decode_time(node, model, 1.0, pm.context) + STEP_OVERHEAD_S
+            share = (e - s) / model.num_layers
+            rates[s:e] += conc * share / t
+        return rates
+
+    def _estimate(self, nodes: dict[int, NodeSpec], assignment: Assignment) -> float:
+        if not covers_all_layers(assignment, self.ctx.model.num_layers):
+            return 0.0
+        return float(self._layer_rates(nodes, assignment).min())
+
+    # phase 2 -----------------------------------------------------------------------------
+    def _index_spans(self, nodes: dict[int, NodeSpec], current: Assignment, version: int) -> None:
+        """Static per-span arrays, rebuilt only when the assignment changes."""
+        model = self.ctx.model
+        rows = [(n, s, e, self._region_index[nodes[n].region]) for n, (s, e) in current.items() if n in nodes]
+        self._spans = rows
+        self._spans_key = version
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        self._ids = ids
+        self._start = np.array([r[1] for r in rows], dtype=np.int64)
+        self._end = np.array([r[2] for r in rows], dtype=np.int64)
+        self._layers = (self._end - self._start).astype(float)
+        region = np.array([r[3] for r in rows], dtype=np.int64)
+        self._group = (self._start * (model.num_layers + 1) + self._end) * len(self._regions) + region
+        self._bw = np.array([nodes[n].bytes_per_s for n in ids]) if rows else np.zeros(0)
+        self._flops = np.array([nodes[n].flops_per_s for n in ids]) if rows else np.zeros(0)
+        self._uplink = np.array([nodes[n].uplink_mbps * 1e6 / 8 for n in ids]) if rows else np.zeros(0)
+
+    def route(self, request: RouteRequest, nodes: dict[int, NodeSpec], current: Assignment,
+              view: LoadView) -> list[Hop] | None:
+        """Cheapest chain by predicted seconds per output token, under the live load.
+
+        Per node: its layers at the batch it would run with this request (decode is bandwidth-
+        bound, so a busier node costs more only through KV reads and compute), half a step of
+        waiting, the hidden-state upload, and the prompt's prefill amortised over the answer.
+        Nodes without free KV cache for the request's whole length are not eligible.
+        """
+        model, wl = self.ctx.model, self.ctx.workload
+        if view.assignment_version != self._spans_key:
+            self._index_spans(nodes, current, view.assignment_version)
+        if not self._spans:
+            return None
+        ids = self._ids
+        ready = np.fromiter((view.ready[i] for i in ids), dtype=bool, count=len(ids))
+        kv_free = np.fromiter((view.kv_free[i] for i in ids), dtype=float, count=len(ids))
+        resident = np.fromiter((view.resident[i] for i in ids), dtype=float, count=len(ids))
+        util = np.fromiter((view.utilization[i] for i in ids), dtype=float, count=len(ids))
+
+        layers = self._layers
+        need = model.kv_bytes(request.kv_tokens, 1) * layers
+        W, F, k = model.layer_bytes, model.flops_per_token_layer, model.kv_bytes_per_token_layer
+        context = wl.decode_context_mean
+        batch = 1.0 + resident * layers / model.num_layers
+        t_layer = np.maximum((W + batch * context * k) / self._bw, batch * F / self._flops)
+        step = layers * t_layer + STEP_OVERHEAD_S
+        # every resident request needs one step's share per token: a node whose step over all of
+        # them (plus this one) approaches the token-time target is saturated, whatever it did lately
+        full = resident + 1.0
+        step_all = layers * np.maximum((W + full * context * k) / self._bw, full * F / self._flops) + STEP_OVERHEAD_S
+        load = np.maximum(util, step_all / self._token_time_target)
+        slowdown = 1.0 / (1.0 - np.minimum(load, MAX_UTILIZATION))  # queueing: waits grow as 1/(1-u)
+        outputs = max(1.0, request.kv_tokens - request.prompt_tokens)
+        p = request.prompt_tokens
+        # prompt time counts against the TTFT objective: weigh it against per-token time by the ratio
+        # of the two SLOs (and never less than its share of the answer's length)
+        prefill_weight = max(1.0 / outputs, self.ctx.slo.tpot_p50_s / self.ctx.slo.ttft_p99_s)
+        prefill = (np.maximum(layers * (W + p * k) / self._bw, layers * p * F / self._flops)
+                   + model.hidden_state_bytes(p) / self._uplink) * prefill_weight
+        t_layer = t_layer * slowdown
+        fixed = (STEP_OVERHEAD_S + 0.5 * step + prefill) * slowdown + model.hidden_state_bytes(1) / self._uplink
+        full = fixed + layers * t_layer
+        # a hop whose bare prefill of this prompt takes a large share of the TTFT objective would
+        # blow the tail however idle it is
+        bare_prefill = prefill / prefill_weight
+        slow = bare_prefill > PREFILL_HOP_SHARE * self.ctx.slo.ttft_p99_s
+        full[~ready | (kv_free < need) | slow] = np.inf
+        # queued prompts ahead of this one: their prefill and upload, at this node's speeds
+        if len(self._prompt_load) <= ids.max():
+            self._prompt_load = np.concatenate([self._prompt_load, np.zeros(ids.max() + 1 - len(self._prompt_load))])
+        self._prompt_load *= np.exp(-(view.now - self._prompt_load_t) / PROMPT_LOAD_DECAY_S)
+        self._prompt_load_t = view.now
+        queued = self._prompt_load[ids]
+        backlog = queued * (layers * F / self._flops + model.hidden_state_bytes(1) / self._uplink)
+        fixed = fixed + backlog * prefill_weight
+        full = full + backlog * prefill_weight
+        bare_prefill = bare_prefill + backlog
+        keep = cheapest_per_group(self._group, full)
+        if keep.size == 0:
+            return None
+        spans = [self._spans[i] for i in keep]
+        per_layer = t_layer[keep].tolist()
+        chain = cheapest_ring(model.num_layers, spans, per_layer, fixed[keep].tolist(), self._half_rtt)
+        if chain is None:
+            return None
+        # the prompt's bare time to first token along the chain; if it eats most of the TTFT
+        # objective, search again with prompt time weighing as much as a whole answer
+        bare = dict(zip((s[0] for s in spans), bare_prefill[keep].tolist()))
+        if sum(bare[n] for n, _, _ in chain) > TTFT_ROUTE_SHARE * self.ctx.slo.ttft_p99_s:
+            heavy = fixed[keep] + bare_prefill[keep] * (outputs * self.ctx.slo.tpot_p50_s / self.ctx.slo.ttft_p99_s)
+            chain = cheapest_ring(model.num_layers, spans, per_layer, heavy.tolist(), self._half_rtt) or chain
+        for n, _, _ in chain:
+            self._prompt_load[n] += request.prompt_tokens
+        return [Hop(n, s, e) for n, s, e in chain]

@@ -1,0 +1,547 @@
+"""Discrete-event simulator of a swarm serving requests under one scheduling policy.
+
+Physics (identical for every policy; nothing here knows which policy runs):
+- a node runs one step at a time over everything queued at it (continuous batching): it reads
+  the weights of the layers the batch touches once, each request's KV cache, and does the FLOPs
+  of every token; step time comes from engine.scheduler.perf;
+- a hop costs RTT/2 plus serialisation on the sender's uplink (one transfer at a time);
+- a request reserves KV cache (prompt + max_tokens) on every node of its chain when admitted and
+  frees it when done; if the chain has no room it waits and is retried when memory frees;
+- nodes join, leave (abruptly) and reload weights when their layers change; the requests a lost
+  node held are re-routed and re-prefilled from the origin's token history when the policy
+  supports it, else they fail.
+Deterministic for a seed: arrivals and membership changes are drawn before the run.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from .model import ModelShape
+from .perf import STEP_OVERHEAD_S
+from .policy import Assignment, Hop, LoadView, Policy, RouteRequest, SwarmContext, make_policy
+from .topology import NodeSpec, RttTable
+from .workload import Slo, Workload, sample_request
+
+PREFILL_CHUNK_TOKENS = 256  # chunked prefill: prompt tokens a step takes, so decode is not stalled
+MIN_MICROBATCH = 8  # a step takes at least this many decode tokens when they are queued
+REBALANCE_PERIOD_S = 60.0
+UTILIZATION_WINDOW_S = 5.0  # time constant of the busy-fraction average nodes report
+PENDING_SCAN = 8  # waiting requests retried per freed slot
+
+ARRIVAL, STEP_DONE, DELIVER, LEAVE, JOIN, READY, REBALANCE = range(7)
+
+
+class PolicyError(RuntimeError):
+    """A policy broke an invariant (memory overcommitted, broken chain): a bug, not a user error."""
+
+
+@dataclass(frozen=True)
+class MembershipEvent:
+    time: float
+    kind: int  # JOIN or LEAVE
+    node: NodeSpec
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    model: ModelShape
+    rtt: RttTable
+    workload: Workload
+    slo: Slo
+    initial_nodes: tuple[NodeSpec, ...]
+    membership: tuple[MembershipEvent, ...]  # joins and leaves after t=0, in time order
+    duration_s: float
+    warmup_s: float
+    seed: int
+    load_gbs: float = 2.0  # weight loading speed when a node's layers change
+
+
+class Request:
+    __slots__ = ("id", "arrival", "prompt", "output", "generated", "hops", "epoch", "first_t", "last_t",
+                 "done_t", "failed", "holds", "prefill", "measured", "reroutes")
+
+    def __init__(self, rid: int, arrival: float, prompt: int, output: int, measured: bool):
+        self.id, self.arrival, self.prompt, self.output = rid, arrival, prompt, output
+        self.generated = 0
+        self.hops: list[Hop] = []
+        self.epoch = 0
+        self.first_t = self.last_t = self.done_t = None
+        self.failed = False
+        self.holds: list[tuple[int, float]] = []
+        self.prefill = prompt
+        self.measured = measured
+        self.reroutes = 0
+
+
+class Node:
+    __slots__ = ("spec", "alive", "span", "kv_cap", "queue", "busy", "uplink_free", "bulk_free", "requests",
+                 "load_token", "region")
+
+    def __init__(self, spec: NodeSpec, region: int):
+        self.spec = spec
+        self.region = region
+        self.alive = True
+        self.span: tuple[int, int] | None = None
+        self.kv_cap = 0.0
+        self.queue: list = []
+        self.busy = False
+        self.uplink_free = 0.0  # decode messages (small) queue here ...
+        self.bulk_free = 0.0  # ... and prompts' hidden states here, so a prompt does not hold up tokens
+        self.requests: set[Request] = set()
+        self.load_token = 0
+
+
+@dataclass
+class SimResult:
+    completed: int
+    failed: int
+    unfinished: int
+    measured: int
+    output_tok_s: float
+    ttft_s: list[float]
+    tpot_s: list[float]
+    route_ms: list[float]
+    alloc_ms: float
+    reroutes: int
+    events: int
+    wall_s: float
+    extra: dict = field(default_factory=dict)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return math.inf
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
+    return ordered[k]
+
+
+class Simulator:
+    def __init__(self, cfg: SimConfig, policy: Policy):
+        self.cfg = cfg
+        self.policy = policy
+        self.model = cfg.model
+        self.L = cfg.model.num_layers
+        regions, matrix = cfg.rtt.matrix()
+        self.region_index = {r: i for i, r in enumerate(regions)}
+        self.half_rtt = [[x / 2 for x in row] for row in matrix]
+        self.nodes: dict[int, Node] = {}
+        self.specs: dict[int, NodeSpec] = {}
+        self.assignment: Assignment = {}
+        self.view = LoadView(now=0.0, ready=[], kv_free=[], resident=[], busy_until=[], assignment_version=0,
+                             utilization=[])
+        self.util_t: list[float] = []
+        self.heap: list = []
+        self.seq = 0
+        self.now = 0.0
+        self.pending: deque[Request] = deque()
+        self.finished: list[Request] = []
+        self.route_s: list[float] = []
+        self.events = 0
+        self.window_tokens = 0
+        self.requests: list[Request] = []
+
+    # bookkeeping ---------------------------------------------------------------------------
+    def push(self, t: float, kind: int, a=None, b=None) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (t, self.seq, kind, a, b))
+
+    def add_node(self, spec: NodeSpec) -> Node:
+        node = Node(spec, self.region_index[spec.region])
+        self.nodes[spec.id] = node
+        self.specs[spec.id] = spec
+        v = self.view
+        while len(v.ready) <= spec.id:
+            v.ready.append(False)
+            v.kv_free.append(0.0)
+            v.resident.append(0)
+            v.busy_until.append(0.0)
+            v.utilization.append(0.0)
+            self.util_t.append(0.0)
+        return node
+
+    def apply_assignment(self, new: Assignment, initial: bool = False) -> None:
+        model = self.model
+        old = self.assignment
+        for nid in set(old) | set(new):
+            if old.get(nid) == new.get(nid) and not initial:
+                continue
+            node = self.nodes.get(nid)
+            if node is None or not node.alive:
+                continue
+            span = new.get(nid)
+            if span is not None:
+                s, e = span
+                if not (0 <= s < e <= self.L):
+                    raise PolicyError(f"{self.policy.name}: node {nid} got invalid layers {span}")
+                weights = model.weight_bytes(s, e)
+                if weights > node.spec.memory_bytes:
+                    raise PolicyError(f"{self.policy.name}: node {nid} over memory "
+                                      f"({weights / 1e9:.1f} GB of weights in {node.spec.memory_bytes / 1e9:.1f} GB)")
+            for req in list(node.requests):
+                self.break_request(req)
+            node.queue = []
+            node.span = span
+            node.load_token += 1
+            self.view.ready[nid] = False
+            if span is None:
+                node.kv_cap = 0.0
+                self.view.kv_free[nid] = 0.0
+                continue
+            node.kv_cap = node.spec.memory_bytes - weights
+            self.view.kv_free[nid] = node.kv_cap
+            if initial:
+                self.view.ready[nid] = True
+            else:
+                self.push(self.now + weights / (self.cfg.load_gbs * 1e9), READY, node, node.load_token)
+        self.assignment = {n: r for n, r in new.items() if n in self.nodes and self.nodes[n].alive}
+        self.view.assignment_version += 1
+
+    # requests ------------------------------------------------------------------------------
+    def try_admit(self, req: Request) -> bool | None:
+        """True: admitted; False: route found but no room on it; None: no route now."""
+        self.view.now = self.now
+        t0 = time.perf_counter()
+        hops = self.policy.route(RouteRequest(req.id, req.prefill, req.prompt + req.output),
+                                 self.specs, self.assignment, self.view)
+        self.route_s.append(time.perf_counter() - t0)
+        if hops is None:
+            return None
+        self.check_chain(hops)
+        kv_free = self.view.kv_free
+        kvb = self.model.kv_bytes_per_token_layer * (req.prompt + req.output)
+        needs = [(h.node, kvb * (h.end - h.start)) for h in hops]
+        for nid, need in needs:
+            if kv_free[nid] < need:
+                return False
+        for nid, need in needs:
+            kv_free[nid] -= need
+            self.view.resident[nid] += 1
+            self.nodes[nid].requests.add(req)
+        req.holds = needs
+        req.hops = hops
+        self.deliver(self.nodes[hops[0].node], [(req, req.epoch, 0, req.prefill, 0)])
+        return True
+
+    def check_chain(self, hops: list[Hop]) -> None:
+        boundary = 0
+        for h in hops:
+            span = self.assignment.get(h.node)
+            if (h.start != boundary or h.end <= h.start or span is None or not span[0] <= h.start
+                    or h.end > span[1] or not self.view.ready[h.node]):
+                raise PolicyError(f"{self.policy.name}: invalid chain {hops} (assignment {span})")
+            boundary = h.end
+        if boundary != self.L:
+            raise PolicyError(f"{self.policy.name}: chain ends at layer {boundary}, not {self.L}")
+
+    def release(self, req: Request) -> None:
+        kv_free, resident = self.view.kv_free, self.view.resident
+        for nid, need in req.holds:
+            node = self.nodes[nid]
+            if req in node.requests:
+                node.requests.discard(req)
+                kv_free[nid] += need
+                resident[nid] -= 1
+        req.holds = []
+        req.epoch += 1
+
+    def break_request(self, req: Request) -> None:
+        """A node on the request's chain is gone or reloading."""
+        self.release(req)
+        if self.policy.reroutes_on_failure:
+            req.prefill = req.prompt + req.generated
+            req.reroutes += 1
+            self.pending.appendleft(req)
+        else:
+            req.failed = True
+            req.done_t = self.now
+            self.finished.append(req)
+
+    def admit_pending(self) -> None:
+        scanned = 0
+        pending = self.pending
+        i = 0
+        while i < len(pending) and scanned < PENDING_SCAN:
+            req = pending[i]
+            scanned += 1
+            outcome = self.try_admit(req)
+            if outcome is True:
+                del pending[i]
+            elif outcome is None:
+                break
+            else:
+                i += 1
+
+    # nodes ---------------------------------------------------------------------------------
+    def deliver(self, node: Node, items: list) -> None:
+        if not node.alive:
+            return
+        node.queue.extend(items)
+        if not node.busy:
+            self.start_step(node)
+
+    def start_step(self, node: Node) -> None:
+        """Run one step over everything queued (prefill in chunks). Items: (req, epoch, hop, tokens, done)
+        where done = -1 for a decode token, else prompt tokens already prefilled at this hop."""
+        items = []
+        rest = []
+        budget = PREFILL_CHUNK_TOKENS
+        lo, hi = self.L, 0
+        kv_tokens = 0
+        tokens = 0
+        last_tokens = 0
+        L = self.L
+        # pipeline micro-batching: a stage takes about its share (resident / stages) of the decode
+        # tokens per step, so a chain's requests spread over its stages instead of moving as one
+        # clump that keeps a single stage busy at a time
+        decode_cap = -1
+        decodes = 0
+        for item in node.queue:
+            req, epoch, h, tok, done = item
+            if req.epoch != epoch:
+                continue
+            if done < 0:
+                if decode_cap < 0:
+                    decode_cap = max(MIN_MICROBATCH, -(-self.view.resident[node.spec.id] // len(req.hops)))
+                if decodes >= decode_cap:
+                    rest.append(item)
+                    continue
+                decodes += 1
+            if done >= 0:  # prefill chunk
+                if budget <= 0:
+                    rest.append(item)
+                    continue
+                chunk = min(budget, tok - done)
+                budget -= chunk
+                item = (req, epoch, h, tok, done + chunk)
+                context = done + chunk
+            else:
+                chunk = 1
+                context = req.prompt + req.generated
+            hop = req.hops[h]
+            s, e = hop.start, hop.end
+            n = e - s
+            if s < lo:
+                lo = s
+            if e > hi:
+                hi = e
+            kv_tokens += n * context
+            tokens += n * chunk
+            if e == L:
+                last_tokens += 1
+            items.append(item)
+        node.queue = rest
+        if not items:
+            node.busy = False
+            return
+        model = self.model
+        spec = node.spec
+        read = (hi - lo) * model.layer_bytes + kv_tokens * model.kv_bytes_per_token_layer
+        flops = tokens * model.flops_per_token_layer
+        if last_tokens:
+            read += model.lm_head_bytes
+            flops += last_tokens * 2 * model.lm_head_bytes / model.dtype_bytes
+        dt = max(read / spec.bytes_per_s, flops / spec.flops_per_s) + STEP_OVERHEAD_S
+        node.busy = True
+        nid = spec.id
+        util = self.view.utilization
+        decay = math.exp(-(self.now - self.util_t[nid]) / UTILIZATION_WINDOW_S)
+        util[nid] = util[nid] * decay * math.exp(-dt / UTILIZATION_WINDOW_S) + 1 - math.exp(-dt / UTILIZATION_WINDOW_S)
+        self.util_t[nid] = self.now + dt
+        self.view.busy_until[nid] = self.now + dt
+        self.push(self.now + dt, STEP_DONE, node, (items, node.load_token))
+
+    def step_done(self, node: Node, items: list, token: int) -> None:
+        if not node.alive or token != node.load_token:
+            return
+        now = self.now
+        L = self.L
+        groups: dict[int, list] = {}
+        hidden = self.model.hidden_size * self.model.dtype_bytes
+        finished_any = False
+        for req, epoch, h, tok, done in items:
+            if req.epoch != epoch:
+                continue
+            if 0 <= done < tok:
+                node.queue.append((req, epoch, h, tok, done))  # more of the prompt to prefill here
+                continue
+            hops = req.hops
+            if h + 1 < len(hops):
+                dest = hops[h + 1].node
+                groups.setdefault(dest, []).append((req, epoch, h + 1, tok, 0 if done >= 0 else -1))
+                continue
+            req.generated += 1
+            if now >= self.cfg.warmup_s:
+                self.window_tokens += 1
+            if req.first_t is None:
+                req.first_t = now
+            req.last_t = now
+            if req.generated >= req.output:
+                req.done_t = now
+                self.release(req)
+                self.finished.append(req)
+                finished_any = True
+                continue
+            dest = hops[0].node
+            groups.setdefault(dest, []).append((req, req.epoch, 0, 1, -1))
+        node.busy = False
+        spec = node.spec
+        uplink = spec.uplink_mbps * 1e6 / 8
+        for dest_id, batch in groups.items():
+            dest = self.nodes[dest_id]
+            if dest is node:
+                node.queue.extend(batch)
+                continue
+            latency = self.half_rtt[node.region][dest.region]
+            prompts = [item for item in batch if item[4] >= 0]
+            tokens = [item for item in batch if item[4] < 0] if prompts else batch
+            for item in prompts:
+                t = max(now, node.bulk_free) + item[3] * hidden / uplink
+                node.bulk_free = t
+                self.push(t + latency, DELIVER, dest, [item])
+            if not tokens:
+                continue
+            # one message per request, serialised on the uplink; delivered in small groups so the
+            # next stage can start on the first ones while the rest are still on the wire
+            per_item = hidden / uplink
+            t = node.uplink_free if node.uplink_free > now else now
+            for k in range(0, len(tokens), MIN_MICROBATCH):
+                part = tokens[k:k + MIN_MICROBATCH]
+                t += per_item * len(part)
+                self.push(t + latency, DELIVER, dest, part)
+            node.uplink_free = t
+        if node.queue:
+            self.start_step(node)
+        if finished_any and self.pending:
+            self.admit_pending()
+
+    def node_leaves(self, spec: NodeSpec) -> None:
+        node = self.nodes.get(spec.id)
+        if node is None or not node.alive:
+            return
+        node.alive = False
+        node.queue = []
+        self.view.ready[spec.id] = False
+        self.view.kv_free[spec.id] = 0.0
+        del self.specs[spec.id]
+        for req in list(node.requests):
+            self.break_request(req)
+        new = self.policy.on_leave(spec.id, dict(self.specs), dict(self.assignment))
+        self.assignment.pop(spec.id, None)
+        self.apply_assignment(new)
+        if self.pending:
+            self.admit_pending()
+
+    def node_joins(self, spec: NodeSpec) -> None:
+        self.add_node(spec)
+        new = self.policy.on_join(spec, dict(self.specs), dict(self.assignment))
+        self.apply_assignment(new)
+
+    # run -----------------------------------------------------------------------------------
+    def run(self) -> SimResult:
+        cfg = self.cfg
+        wall0 = time.perf_counter()
+        for spec in cfg.initial_nodes:
+            self.add_node(spec)
+        t0 = time.perf_counter()
+        initial = self.policy.allocate(dict(self.specs))
+        alloc_ms = (time.perf_counter() - t0) * 1000
+        self.apply_assignment(initial, initial=True)
+
+        rng = random.Random(cfg.seed)
+        t = 0.0
+        rate = cfg.workload.arrival_rate_per_s
+        stop = cfg.duration_s
+        while rate > 0:
+            t += rng.expovariate(rate)
+            if t >= stop:
+                break
+            prompt, output = sample_request(rng, cfg.workload)
+            req = Request(len(self.requests), t, prompt, output, t >= cfg.warmup_s)
+            self.requests.append(req)
+            self.push(t, ARRIVAL, req)
+        for ev in cfg.membership:
+            if ev.time < stop:
+                self.push(ev.time, ev.kind, ev.node)
+        self.push(REBALANCE_PERIOD_S, REBALANCE)
+
+        heap = self.heap
+        pop = heapq.heappop
+        events = 0
+        while heap:
+            t, _, kind, a, b = pop(heap)
+            if t > stop:
+                break
+            self.now = t
+            events += 1
+            if kind == DELIVER:
+                self.deliver(a, b)
+            elif kind == STEP_DONE:
+                self.step_done(a, b[0], b[1])
+            elif kind == ARRIVAL:
+                if not self.pending:
+                    if self.try_admit(a) is not True:
+                        self.pending.append(a)
+                else:
+                    self.pending.append(a)
+                    self.admit_pending()
+            elif kind == LEAVE:
+                self.node_leaves(a)
+            elif kind == JOIN:
+                self.node_joins(a)
+                if self.pending:
+                    self.admit_pending()
+            elif kind == READY:
+                if a.alive and b == a.load_token:
+                    self.view.ready[a.spec.id] = True
+                    if self.pending:
+                        self.admit_pending()
+            elif kind == REBALANCE:
+                self.view.now = t
+                new = self.policy.rebalance(dict(self.specs), dict(self.assignment), self.view)
+                if new is not None:
+                    self.apply_assignment(new)
+                self.push(t + REBALANCE_PERIOD_S, REBALANCE)
+        self.events = events
+        return self.result(alloc_ms, time.perf_counter() - wall0)
+
+    def result(self, alloc_ms: float, wall_s: float) -> SimResult:
+        """Measured over the window [warmup, duration]: tokens produced in it; TTFT of requests that
+        arrived early enough to get their first token within the TTFT objective (none: infinite);
+        TPOT of requests that completed in it."""
+        cfg = self.cfg
+        end = cfg.duration_s
+        measured = [r for r in self.requests if r.measured]
+        completed = [r for r in measured if r.done_t is not None and not r.failed]
+        failed = sum(1 for r in measured if r.failed)
+        ttft = []
+        for r in measured:
+            if r.failed or r.arrival > end - cfg.slo.ttft_p99_s:
+                continue
+            ttft.append(r.first_t - r.arrival if r.first_t is not None else math.inf)
+        tpot = [(r.last_t - r.first_t) / (r.generated - 1) for r in completed if r.generated > 1]
+        window = end - cfg.warmup_s
+        unfinished = sum(1 for r in measured if r.done_t is None)
+        return SimResult(
+            completed=len(completed), failed=failed, unfinished=unfinished, measured=len(measured),
+            output_tok_s=self.window_tokens / window, ttft_s=ttft, tpot_s=tpot,
+            route_ms=[x * 1000 for x in self.route_s], alloc_ms=alloc_ms,
+            reroutes=sum(r.reroutes for r in measured), events=self.events, wall_s=wall_s)
+
+def simulate(cfg: SimConfig, policy_name: str) -> SimResult:
+    ctx = SwarmContext(cfg.model, cfg.rtt, cfg.workload, cfg.slo)
+    return Simulator(cfg, make_policy(policy_name, ctx)).run()
+
+
+def meets_slo(result: SimResult, slo: Slo) -> bool:
+    if result.measured == 0:
+        return True
+    bad = result.failed / result.measured
+    return (bad <= slo.max_failed_fraction and percentile(result.ttft_s, 99) <= slo.ttft_p99_s
+            and percentile(result.tpot_s, 50) <= slo.tpot_p50_s)

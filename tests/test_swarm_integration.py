@@ -1,0 +1,127 @@
+"""A real swarm: a host and two joining node processes over Lattica on loopback (inside a private
+network namespace under tests/run.sh), answering the official openai client."""
+
+import concurrent.futures
+import json
+import subprocess
+import sys
+
+import pytest
+from openai import OpenAI
+
+from tests.swarm_processes import NodeProcess, all_ready
+
+pytestmark = [pytest.mark.network, pytest.mark.slow]
+
+MEMORY_GB = "0.001"  # ~1 MB each: the tiny 8-layer model (1.4 MB) must be split three ways
+PROMPTS = ["Tell me a story", "What is the capital of France?"]
+MAX_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def checkpoint(make_checkpoint):
+    return make_checkpoint("llama")
+
+
+@pytest.fixture(scope="module")
+def expected(checkpoint):
+    """What `potluck generate` answers, greedy, for each prompt."""
+    out = {}
+    for prompt in PROMPTS:
+        proc = subprocess.run([sys.executable, "-m", "app.cli", "generate", "--model", str(checkpoint), "--prompt",
+                               prompt, "--max-tokens", str(MAX_TOKENS), "--json"],
+                              capture_output=True, text=True, timeout=300, check=True)
+        out[prompt] = json.loads(proc.stdout.strip().splitlines()[-1])["text"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def swarm(tmp_path_factory, checkpoint):
+    root = tmp_path_factory.mktemp("swarm")
+    host = NodeProcess(root / "host", "--host", "--model", str(checkpoint), "--max-memory", MEMORY_GB)
+    nodes = [host]
+    try:
+        for name in ("a", "b"):
+            nodes.append(NodeProcess(root / name, "--join", host.multiaddr, "--max-memory", MEMORY_GB))
+        host.wait_for(lambda s: all_ready(s, 3), "three nodes serving every layer")
+        yield root, nodes
+    finally:
+        for node in reversed(nodes):
+            node.stop()
+
+
+def client(node):
+    return OpenAI(base_url=f"{node.api}/v1", api_key=node.token, max_retries=0, timeout=120)
+
+
+def ask(node, prompt, stream=False):
+    kwargs = dict(model="tiny", messages=[{"role": "user", "content": prompt}], max_tokens=MAX_TOKENS,
+                  temperature=0)
+    if not stream:
+        return client(node).chat.completions.create(**kwargs).choices[0].message.content
+    chunks = client(node).chat.completions.create(stream=True, **kwargs)
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_three_nodes_cover_all_layers(swarm):
+    _, nodes = swarm
+    snapshot = nodes[1].swarm()  # asked of a joining node: it fetches the scheduler's view
+    ranges = sorted(tuple(n["assigned"]) for n in snapshot["nodes"])
+    assert len(ranges) == 3 and ranges[0][0] == 0 and ranges[-1][1] == 8
+    assert {n["peer_id"] for n in snapshot["nodes"]} == {n.peer_id for n in nodes}
+    assert all(n["profile"]["bandwidth_gbs"] > 0 for n in snapshot["nodes"])
+
+
+def test_openai_client_gets_exactly_what_generate_prints(swarm, expected):
+    _, nodes = swarm
+    assert ask(nodes[0], PROMPTS[0]) == expected[PROMPTS[0]]
+    assert ask(nodes[2], PROMPTS[1], stream=True) == expected[PROMPTS[1]]
+    recent = nodes[2].swarm()["recent_requests"][-1]
+    (route,) = recent["routes"]
+    assert [hop["start"] for hop in route][0] == 0 and route[-1]["end"] == 8 and len(route) == 3
+
+
+def test_eight_concurrent_requests_all_complete_correctly(swarm, expected):
+    _, nodes = swarm
+    jobs = [(nodes[i % 3], PROMPTS[i % 2], i % 4 == 0) for i in range(8)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda job: ask(*job), jobs))
+    assert answers == [expected[prompt] for _, prompt, _ in jobs]
+
+
+def test_models_and_health(swarm):
+    _, nodes = swarm
+    assert [m.id for m in client(nodes[0]).models.list()] == ["tiny"] or client(nodes[0]).models.list().data
+    health = nodes[1].http.get("/health").json()
+    assert health["status"] == "ok" and health["serving"] is not None
+
+
+def test_api_refuses_bad_requests_and_keeps_serving(swarm, expected):
+    _, nodes = swarm
+    node = nodes[0]
+    no_token = node.http.post("/v1/chat/completions", json={}, headers={"Authorization": ""})
+    assert no_token.status_code == 401 and "token" in no_token.json()["error"]["message"]
+    bad = node.http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                        "temperature": 7})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "temperature"
+    huge = node.http.post("/v1/chat/completions", content=b"{" + b" " * (2 << 20) + b"}",
+                          headers={"Content-Type": "application/json"})
+    assert huge.status_code == 413
+    not_json = node.http.post("/v1/chat/completions", content=b"{nope")
+    assert not_json.status_code == 400
+    assert ask(node, PROMPTS[0]) == expected[PROMPTS[0]]
+
+
+def test_a_late_joiner_gets_layers_and_a_leaver_is_replaced(swarm, expected):
+    root, nodes = swarm
+    host = nodes[0]
+    late = NodeProcess(root / "late", "--join", host.multiaddr, "--max-memory", MEMORY_GB)
+    nodes.append(late)
+    host.wait_for(lambda s: all_ready(s, 4), "the late joiner serving its layers")
+    leaver = nodes[1]
+    assert leaver.stop() == 0  # SIGTERM: a clean leave
+    nodes.remove(leaver)
+    snapshot = host.wait_for(lambda s: all_ready(s, 3) and leaver.peer_id not in {n["peer_id"] for n in s["nodes"]},
+                             "the swarm re-allocated without the leaver")
+    assert snapshot["covered"]
+    assert ask(host, PROMPTS[1]) == expected[PROMPTS[1]]
