@@ -1,0 +1,1 @@
+"""The node's OpenAI-compatible HTTP API (local only, token auth)."""
