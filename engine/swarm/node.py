@@ -20,25 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.model.errors import CheckpointError
-from engine.swarm import wire
 from engine.swarm.membership import NoRoute, SwarmScheduler
 from engine.swarm.origin import RouteUnavailable
 from engine.swarm.peer import Peer
-from engine.swarm.protocol import Hop
+from engine.swarm.protocol import Hop, max_frame_bytes
 from engine.swarm.transport import PeerError, Transport
 from engine.swarm.wire import Message, WireError
 
 log = logging.getLogger(__name__)
 
 SWARM_PROTOCOL = "main"
-
-wire.schema("sched.join", serves=(bool, True), memory_bytes=((int, float), True), profile=(dict, True))
-wire.schema("sched.heartbeat", ready=(list, False), resident=(int, True), kv_free_bytes=((int, float), True),
-            served_tokens=(int, True), utilization=((int, float), True), step_ms=((int, float), True),
-            known_version=(int, True))
-wire.schema("sched.leave")
-wire.schema("sched.route", prompt_tokens=(int, True), kv_tokens=(int, True), avoid=(list, True))
-wire.schema("sched.swarm")
 
 MEMBER_ONLY = {"stage.forward", "stage.token", "stage.error", "stage.release", "sched.heartbeat", "sched.leave",
                "sched.route", "sched.swarm"}
@@ -101,6 +92,7 @@ class Node:
             self.model_dir = resolve_model(self.model_ref, weights=False)
             spec = ModelSpec.from_checkpoint(self.model_dir)
         self.spec = spec
+        self.peer.transport.max_frame_bytes = max_frame_bytes(spec)
         self.context = spec.max_position_embeddings
         self.model_name = Path(self.model_ref).name if Path(self.model_ref).is_dir() else self.model_ref
         self.tokenizer = load_tokenizer(self.model_dir)

@@ -4,6 +4,8 @@ The push ring (DESIGN.md): the origin sends `stage.forward` (prefill, with the t
 first stage of a route; each stage runs its layers and sends `stage.forward` with hidden states to
 the next; the last stage samples, sends `stage.token` to the origin and `stage.forward` (decode,
 one token id) to the first stage. The origin ends a request with `stage.release` to every stage.
+Nodes talk to the host's scheduler role with `sched.*`. Every message type of the swarm is declared
+here; the transport imports this module, so no node can lack one.
 """
 
 from __future__ import annotations
@@ -24,12 +26,27 @@ schema("stage.error", request_id=(str, True), error=(str, True), suspect=(str, F
 schema("stage.release", request_id=(str, True))
 schema("ping")
 
+# the scheduler role (held by the host node)
+schema("sched.join", serves=(bool, True), memory_bytes=((int, float), True), profile=(dict, True))
+schema("sched.heartbeat", ready=(list, False), resident=(int, True), kv_free_bytes=((int, float), True),
+       served_tokens=(int, True), utilization=((int, float), True), step_ms=((int, float), True),
+       known_version=(int, True))
+schema("sched.leave")
+schema("sched.route", prompt_tokens=(int, True), kv_tokens=(int, True), avoid=(list, True))
+schema("sched.swarm")
+
 
 @dataclass(frozen=True)
 class Hop:
     peer_id: str
     start: int
     end: int
+
+
+def max_frame_bytes(spec: ModelSpec) -> int:
+    """The largest frame a node of this model accepts: a full prefill of hidden states in float32,
+    plus room for the header and the signature."""
+    return MAX_PREFILL_TOKENS * spec.hidden_size * 4 + (1 << 20)
 
 
 def parse_route(route: list, spec: ModelSpec) -> list[Hop]:

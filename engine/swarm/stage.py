@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.sampling import Sampler, SamplingParams, sample
-from engine.swarm.protocol import Hop, check_tokens, parse_route, parse_sampling, sampling_body
+from engine.swarm.protocol import (MAX_PREFILL_TOKENS, Hop, check_tokens, parse_route, parse_sampling,
+                                   sampling_body)
 from engine.swarm.transport import PeerError
 from engine.swarm.wire import Message, Tensor, WireError
 
@@ -116,8 +117,9 @@ class StageWorker:
             raise WireError("this stage takes exactly one tensor, 'hidden'")
         if hidden.dtype != self.wire_dtype:
             raise WireError(f"hidden states must be {self.wire_dtype}, got {hidden.dtype}")
-        if len(hidden.shape) != 2 or hidden.shape[1] != self.spec.hidden_size or hidden.shape[0] < 1:
-            raise WireError(f"hidden states must have shape [T, {self.spec.hidden_size}], got {list(hidden.shape)}")
+        if len(hidden.shape) != 2 or hidden.shape[1] != self.spec.hidden_size or not 1 <= hidden.shape[0] <= MAX_PREFILL_TOKENS:
+            raise WireError(f"hidden states must have shape [T, {self.spec.hidden_size}] with 1 <= T <= "
+                            f"{MAX_PREFILL_TOKENS}, got {list(hidden.shape)}")
         if one and hidden.shape[0] != 1:
             raise WireError("a decode step carries the hidden state of exactly 1 token")
         return torch.frombuffer(bytearray(hidden.data), dtype=TORCH_DTYPES[hidden.dtype]).reshape(hidden.shape)
@@ -248,6 +250,7 @@ class StageWorker:
             self._fail(rid, str(exc), suspect=peer)
 
     def _fail(self, rid: str, error: str, suspect: str | None = None) -> None:
+        log.warning("request %s failed here: %s", rid[:8], error)
         state = self.requests.get(rid)
         self.release(rid)
         if state is None or state.origin == suspect:

@@ -23,6 +23,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
+from engine.swarm import protocol  # noqa: F401  (declares the swarm's message types)
 from engine.swarm import wire
 from engine.swarm.identity import Identity, verify
 from engine.swarm.wire import Message, Tensor, WireError
