@@ -3,6 +3,7 @@ network namespace under tests/run.sh), answering the official openai client."""
 
 import concurrent.futures
 import json
+import signal
 import subprocess
 import sys
 
@@ -23,16 +24,17 @@ def checkpoint(make_checkpoint):
     return make_checkpoint("llama")
 
 
+def generate_text(checkpoint, prompt, max_tokens):
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "generate", "--model", str(checkpoint), "--prompt",
+                           prompt, "--max-tokens", str(max_tokens), "--json"],
+                          capture_output=True, text=True, timeout=300, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])["text"]
+
+
 @pytest.fixture(scope="module")
 def expected(checkpoint):
     """What `potluck generate` answers, greedy, for each prompt."""
-    out = {}
-    for prompt in PROMPTS:
-        proc = subprocess.run([sys.executable, "-m", "app.cli", "generate", "--model", str(checkpoint), "--prompt",
-                               prompt, "--max-tokens", str(MAX_TOKENS), "--json"],
-                              capture_output=True, text=True, timeout=300, check=True)
-        out[prompt] = json.loads(proc.stdout.strip().splitlines()[-1])["text"]
-    return out
+    return {prompt: generate_text(checkpoint, prompt, MAX_TOKENS) for prompt in PROMPTS}
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +127,27 @@ def test_a_late_joiner_gets_layers_and_a_leaver_is_replaced(swarm, expected):
                              "the swarm re-allocated without the leaver")
     assert snapshot["covered"]
     assert ask(host, PROMPTS[1]) == expected[PROMPTS[1]]
+
+
+def test_a_node_killed_mid_answer_does_not_change_the_answer(swarm, checkpoint):
+    """No node holds a spare copy of the dead node's layers: the origin waits while the swarm evicts
+    it, re-allocates and reloads, then re-prefills its token history and goes on."""
+    root, nodes = swarm
+    host = nodes[0]
+    nodes.append(NodeProcess(root / "spare", "--join", host.multiaddr, "--max-memory", MEMORY_GB))
+    host.wait_for(lambda s: all_ready(s, 4), "four nodes, so that three survive the kill")
+    # 200 tokens: the survivors' KV cache (about 300 KB each) holds a conversation that long
+    want = generate_text(checkpoint, PROMPTS[0], 200)
+    stream = client(host).chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": PROMPTS[0]}], max_tokens=200, temperature=0, stream=True)
+    text, killed = "", None
+    for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+        if killed is None and text:
+            killed = next(n for n in nodes if n is not host)
+            killed.stop(signal.SIGKILL)  # no goodbye: the scheduler must notice the silence
+            nodes.remove(killed)
+    assert text == want
+    snapshot = host.swarm()
+    assert snapshot["recoveries"] >= 1 and killed.peer_id not in {n["peer_id"] for n in snapshot["nodes"]}

@@ -148,17 +148,19 @@ class SwarmScheduler:
             hops = self.policy.route(RouteRequest(0, prompt_tokens, kv_tokens), self._servers(),
                                      self.assignment, view)
             if not hops:
-                raise NoRoute("No chain of ready nodes covers every layer right now: nodes may still be "
-                              "loading their layers, or one just left. Try again in a moment.")
+                raise NoRoute("No chain of ready nodes with room for this conversation covers every layer right "
+                              "now: nodes may still be loading their layers, one may have just left, or their KV "
+                              "cache is full. Try again in a moment, or ask for fewer tokens (max_tokens).")
             return [Hop(by_index[h.node].peer_id, h.start, h.end) for h in hops]
 
     def too_small_message(self) -> str:
         offered = sum(m.spec.memory_bytes for m in self.members.values() if m.serves)
-        needed = self.shape.total_weight_bytes
-        gb = 1e9
-        return (f"The swarm is too small for this model: it needs about {needed / gb:.2f} GB for weights "
-                f"alone, and its serving nodes offer {offered / gb:.2f} GB. Add a computer (or raise "
-                f"--max-memory) to contribute about {max(needed - offered, 0) / gb:.2f} GB more.")
+        weights = self.shape.total_weight_bytes
+        kv = self.shape.kv_bytes(self.policy.ctx.workload.kv_tokens_mean, self.shape.num_layers)
+        return (f"The swarm is too small for this model: it needs about {_size(weights)} for its weights and "
+                f"{_size(kv)} of KV cache per conversation, and its serving nodes offer {_size(offered)}. "
+                f"Add a computer (or raise --max-memory) to contribute about "
+                f"{_size(max(weights + kv - offered, 0))} more.")
 
     # ---- for /swarm ----
 
@@ -175,3 +177,10 @@ class SwarmScheduler:
                     "profile": m.profile, "seconds_since_heartbeat": round(time.monotonic() - m.last_heard, 2),
                 } for m in sorted(self.members.values(), key=lambda m: m.index)],
             }
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f} bytes"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -26,6 +27,11 @@ log = logging.getLogger(__name__)
 class RouteUnavailable(RuntimeError):
     """No chain of live nodes covers the model right now."""
 
+    @property
+    def may_heal(self) -> bool:
+        """Nodes loading or a leaver being replaced heal by themselves; a swarm too small does not."""
+        return "too small" not in str(self)
+
 
 @dataclass
 class Attempt:
@@ -39,8 +45,10 @@ class Origin:
     nodes have KV cache free for kv_tokens (raises RouteUnavailable)."""
 
     def __init__(self, send, route_for: Callable[[int, int, set[str]], list[Hop]], peer_id: str,
-                 first_token_timeout_s: float = 120.0, token_timeout_s: float = 30.0, max_attempts: int = 4):
+                 first_token_timeout_s: float = 120.0, token_timeout_s: float = 30.0, max_attempts: int = 4,
+                 heal_timeout_s: float = 120.0):
         self.send, self.route_for, self.peer_id = send, route_for, peer_id
+        self.heal_timeout_s = heal_timeout_s
         self.first_token_timeout_s, self.token_timeout_s = first_token_timeout_s, token_timeout_s
         self.max_attempts = max_attempts
         self._inboxes: dict[str, queue.Queue] = {}
@@ -63,7 +71,7 @@ class Origin:
             if remaining <= 0:
                 return
             context = len(prompt) + len(produced)
-            route = self.route_for(context, context + remaining, avoid)
+            route = self._route(context, context + remaining, avoid, patient=attempt_no > 0)
             if on_route:
                 on_route(route)
             attempt = self._start(route, prompt + produced, replace(params, max_tokens=remaining))
@@ -75,12 +83,26 @@ class Origin:
             except _StageFailed as failure:
                 self.recoveries += 1
                 dead = self._unreachable(route) | ({failure.suspect} if failure.suspect else set())
-                avoid |= dead or {hop.peer_id for hop in route if hop.peer_id != self.peer_id}
+                avoid |= dead  # none found: a hiccup; ask again without excluding anyone
                 log.warning("request %s: %s; re-routing around %s", attempt.request_id[:8], failure,
                             [p[-8:] for p in dead])
             finally:
                 self._finish(attempt)
         raise RouteUnavailable(f"the answer failed {self.max_attempts} times on different nodes")
+
+    def _route(self, prompt_tokens: int, kv_tokens: int, avoid: set[str], patient: bool) -> list[Hop]:
+        """After a failure the swarm needs a moment to heal (evict the dead node, re-allocate, load):
+        keep asking, with back-off, until heal_timeout_s."""
+        deadline = time.monotonic() + (self.heal_timeout_s if patient else 0.0)
+        pause = 0.2
+        while True:
+            try:
+                return self.route_for(prompt_tokens, kv_tokens, avoid)
+            except RouteUnavailable as exc:
+                if not exc.may_heal or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)  # waiting on other machines, which send no signal to wait on
+            pause = min(pause * 1.5, 2.0)
 
     def _start(self, route: list[Hop], tokens: list[int], params: SamplingParams) -> Attempt:
         attempt = Attempt(uuid.uuid4().hex, route, queue.Queue())
