@@ -34,15 +34,9 @@ class Checkpoint:
         """Tensor name -> file name, from the index when there is one, else from the files' headers."""
         index_path = self.path / INDEX_FILE
         if index_path.is_file():
-            try:
-                weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
-                if not isinstance(weight_map, dict):
-                    raise TypeError("weight_map is not an object")
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise CheckpointError(f"{index_path} is damaged ({exc}): download the checkpoint again.") from None
             # Files are checked when a layer range asks for them: a node that downloaded only its
             # layers' files has a partial directory, and that is fine.
-            return weight_map
+            return read_index(index_path)
         files = sorted(self.path.glob("*.safetensors"))
         if not files:
             raise CheckpointError(
@@ -68,6 +62,18 @@ class Checkpoint:
 
     def files_for_range(self, start: int, end: int) -> list[str]:
         return sorted({self.weight_map[key] for key in self.keys_for_range(start, end)})
+
+
+def read_index(index_path: Path) -> dict[str, str]:
+    """The weight map (tensor name -> file name) of a model.safetensors.index.json."""
+    try:
+        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise TypeError("weight_map is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{index_path} is damaged ({exc}): delete it and download the checkpoint again.") \
+            from None
+    return weight_map
 
 
 def keys_for_range(tensor_names, spec: ModelSpec, start: int, end: int) -> list[str]:

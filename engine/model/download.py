@@ -32,7 +32,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.file_download import http_get, repo_folder_name
 from huggingface_hub.utils import WeakFileLock, build_hf_headers
 
-from engine.model.checkpoint import INDEX_FILE, keys_for_range
+from engine.model.checkpoint import INDEX_FILE, keys_for_range, read_index
 from engine.model.errors import DownloadError, NotEnoughDiskSpace
 from engine.model.progress import ProgressCallback, ProgressMeter
 from engine.model.spec import ModelSpec, read_config
@@ -156,12 +156,7 @@ def weight_files(snapshot: Path, available: set[str], layers: Layers | None, rep
     """The safetensors files that hold the tensors of `layers` (all of them when layers is None)."""
     index = snapshot / INDEX_FILE
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            if not isinstance(weight_map, dict):
-                raise TypeError("weight_map is not an object")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise DownloadError(f"{index} is damaged ({exc}): delete it and download again.") from None
+        weight_map = read_index(index)
         keys = list(weight_map) if layers is None else keys_for_range(
             weight_map, ModelSpec.from_config(read_config(snapshot)), *layers)
         return sorted({weight_map[key] for key in keys})
