@@ -351,6 +351,12 @@ def layer_rates(pipelines: list[Pipeline], num_layers: int) -> np.ndarray:
     return rates
 
 
+def thinnest_window(rates: np.ndarray, length: int) -> int:
+    """Start of the `length` layers whose lowest summed token rate is lowest (ties: lowest sum)."""
+    windows = np.lib.stride_tricks.sliding_window_view(rates, length)
+    return int(np.argmin(windows.min(axis=1) + 1e-9 * windows.sum(axis=1)))
+
+
 def place_stitchers(leftover: list[NodeSpec], q: int, rates: np.ndarray, ref_cycle: float,
                     pm: PipelineModel, assignment: Assignment) -> list[int]:
     """Give leftover nodes the window of layers where the summed token rate is lowest."""
@@ -362,16 +368,11 @@ def place_stitchers(leftover: list[NodeSpec], q: int, rates: np.ndarray, ref_cyc
             m = layers_that_fit(node, model, pm.kv_tokens)
         if m == 0:
             continue
-        m = min(m, model.num_layers)
-        windows = np.lib.stride_tricks.sliding_window_view(rates, m)
-        mins = windows.min(axis=1) + 1e-9 * windows.sum(axis=1)
-        start = int(np.argmin(mins))
-        extra = (model.embed_bytes if start == 0 else 0) + (model.lm_head_bytes if start + m == model.num_layers else 0)
+        start = thinnest_window(rates, m)
         while m > 0 and model.weight_bytes(start, start + m) + model.kv_bytes(pm.kv_tokens, m) > node.memory_bytes:
             m -= 1  # room for embedding / lm_head at the ends
         if m == 0:
             continue
-        del extra
         prompt = int(pm.ctx.workload.prompt_tokens_mean)
         bare = prefill_time(node, model, m, prompt) + transfer_time(node, model.hidden_state_bytes(prompt))
         if bare > STITCHER_PREFILL_SHARE * pm.ctx.slo.ttft_p99_s:

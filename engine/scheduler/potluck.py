@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .allocation import PipelineModel, Plan, SwarmTooSmall, allocate, layers_that_fit
-from .perf import STEP_OVERHEAD_S, layer_decode_time, prefill_time, transfer_time
+from .allocation import PipelineModel, Plan, SwarmTooSmall, allocate, layers_that_fit, thinnest_window
+from .perf import STEP_OVERHEAD_S, layer_decode_time
 from .policy import Assignment, Hop, LoadView, Policy, RouteRequest, SwarmContext, covers_all_layers
 from .routing import cheapest_per_group, cheapest_ring
 from .topology import NodeSpec
 
 REPLAN_HORIZON_S = 600.0  # how long a re-plan is expected to pay off
 RELOAD_GBS = 2.0  # weight loading speed assumed when pricing a re-plan
+MAX_REPLAN_MOVES = 0.25  # a global re-plan may move at most this share of the serving nodes
 MAX_UTILIZATION = 0.97
 PREFILL_HOP_SHARE = 0.1  # most of the TTFT objective one hop's prefill may take
 PROMPT_LOAD_DECAY_S = 2.0  # how long a routed prompt is assumed to keep a node busy
@@ -59,9 +60,7 @@ class PotluckPolicy(Policy):
         m = layers_that_fit(node, model, q * kv) or layers_that_fit(node, model, kv)
         if m == 0:
             return current
-        rates = self._layer_rates(nodes, current)
-        windows = np.lib.stride_tricks.sliding_window_view(rates, m)
-        start = int(np.argmin(windows.min(axis=1) + 1e-9 * windows.sum(axis=1)))
+        start = thinnest_window(self._layer_rates(nodes, current), m)
         while m > 0 and model.weight_bytes(start, start + m) + model.kv_bytes(kv, m) > node.memory_bytes:
             m -= 1
         if m == 0:
@@ -85,12 +84,15 @@ class PotluckPolicy(Policy):
             fresh = allocate(list(nodes.values()), self.ctx)
         except SwarmTooSmall:
             return None
-        now_rate = self._estimate(nodes, current)
+        now_rate = self._intact_rate(current)
         moved = [n for n, r in fresh.assignment.items() if current.get(n) != r]
-        reload_s = max((self.ctx.model.weight_bytes(*fresh.assignment[n]) for n in moved), default=0.0) / (RELOAD_GBS * 1e9)
         moved_share = len(moved) / max(1, len(fresh.assignment))
+        if moved_share > MAX_REPLAN_MOVES:
+            return None  # a re-plan that reshuffles the swarm costs more in re-prefills than it saves
+        reload_s = max((self.ctx.model.weight_bytes(*fresh.assignment[n]) for n in moved), default=0.0) / (RELOAD_GBS * 1e9)
+        disrupted = sum(view.resident[n] for n in moved if n < len(view.resident))
         gain = (fresh.tok_s - now_rate) * REPLAN_HORIZON_S
-        cost = now_rate * reload_s * moved_share + fresh.tok_s * reload_s * moved_share
+        cost = (now_rate + fresh.tok_s) * reload_s * moved_share + disrupted * self.ctx.workload.output_tokens_mean
         if gain > cost and fresh.tok_s > 1.1 * now_rate:
             self.plan = fresh
             return dict(fresh.assignment)
@@ -144,10 +146,12 @@ class PotluckPolicy(Policy):
             rates[s:e] += conc * share / t
         return rates
 
-    def _estimate(self, nodes: dict[int, NodeSpec], assignment: Assignment) -> float:
-        if not covers_all_layers(assignment, self.ctx.model.num_layers):
+    def _intact_rate(self, assignment: Assignment) -> float:
+        """Predicted tokens/s of the planned pipelines that are still whole (same estimator as a re-plan)."""
+        if self.plan is None:
             return 0.0
-        return float(self._layer_rates(nodes, assignment).min())
+        return sum(p.tok_s for p in self.plan.pipelines
+                   if all(assignment.get(n) == (s, e) for n, s, e in p.stages))
 
     # phase 2 -----------------------------------------------------------------------------
     def _index_spans(self, nodes: dict[int, NodeSpec], current: Assignment, version: int) -> None:

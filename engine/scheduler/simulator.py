@@ -20,7 +20,7 @@ import math
 import random
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .model import ModelShape
 from .perf import STEP_OVERHEAD_S
@@ -93,7 +93,7 @@ class Node:
         self.busy = False
         self.uplink_free = 0.0  # decode messages (small) queue here ...
         self.bulk_free = 0.0  # ... and prompts' hidden states here, so a prompt does not hold up tokens
-        self.requests: set[Request] = set()
+        self.requests: dict[int, Request] = {}  # by id: insertion order keeps runs reproducible
         self.load_token = 0
 
 
@@ -111,7 +111,6 @@ class SimResult:
     reroutes: int
     events: int
     wall_s: float
-    extra: dict = field(default_factory=dict)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -184,7 +183,7 @@ class Simulator:
                 if weights > node.spec.memory_bytes:
                     raise PolicyError(f"{self.policy.name}: node {nid} over memory "
                                       f"({weights / 1e9:.1f} GB of weights in {node.spec.memory_bytes / 1e9:.1f} GB)")
-            for req in list(node.requests):
+            for req in list(node.requests.values()):
                 self.break_request(req)
             node.queue = []
             node.span = span
@@ -223,7 +222,7 @@ class Simulator:
         for nid, need in needs:
             kv_free[nid] -= need
             self.view.resident[nid] += 1
-            self.nodes[nid].requests.add(req)
+            self.nodes[nid].requests[req.id] = req
         req.holds = needs
         req.hops = hops
         self.deliver(self.nodes[hops[0].node], [(req, req.epoch, 0, req.prefill, 0)])
@@ -244,8 +243,7 @@ class Simulator:
         kv_free, resident = self.view.kv_free, self.view.resident
         for nid, need in req.holds:
             node = self.nodes[nid]
-            if req in node.requests:
-                node.requests.discard(req)
+            if node.requests.pop(req.id, None) is not None:
                 kv_free[nid] += need
                 resident[nid] -= 1
         req.holds = []
@@ -430,7 +428,7 @@ class Simulator:
         self.view.ready[spec.id] = False
         self.view.kv_free[spec.id] = 0.0
         del self.specs[spec.id]
-        for req in list(node.requests):
+        for req in list(node.requests.values()):
             self.break_request(req)
         new = self.policy.on_leave(spec.id, dict(self.specs), dict(self.assignment))
         self.assignment.pop(spec.id, None)

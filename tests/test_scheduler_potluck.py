@@ -1,0 +1,89 @@
+"""Potluck's own phase 1: KV-aware sizing, bandwidth-based splits, incremental joins and leaves."""
+
+from __future__ import annotations
+
+from engine.scheduler.allocation import PipelineModel, allocate, split_layers
+from engine.scheduler.potluck import PotluckPolicy
+from tests.scheduler_fixtures import LLAMA_70B, context, node
+
+
+def test_split_levels_stage_time_by_per_layer_time():
+    # per-layer times 1 and 3: the fast stage gets 3x the layers
+    assert split_layers([1.0, 3.0], [80, 80], 80) == [60, 20]
+    # a cap binds: the rest flows to the other stage
+    assert split_layers([1.0, 3.0], [50, 80], 80) == [50, 30]
+    assert split_layers([1.0], [10], 80) is None
+
+
+def test_split_follows_bandwidth_where_tflops_split_evenly():
+    # same TFLOP/s, 3x the bandwidth: decode is bandwidth-bound, so the faster-memory node gets
+    # more layers (Parallax's TFLOP/s water-filling would split them evenly)
+    ctx = context(LLAMA_70B)
+    nodes = [node(0, 150, tflops=500, bandwidth_gbs=1000), node(1, 150, tflops=500, bandwidth_gbs=3000)]
+    plan = allocate(nodes, ctx)
+    layers = {n: e - s for n, (s, e) in plan.assignment.items()}
+    assert layers[1] > 1.5 * layers[0]
+
+
+def test_kv_reservation_leaves_room_for_sessions():
+    """Unlike packing layers until memory is full, every pipeline stage keeps KV cache for sessions."""
+    ctx = context(LLAMA_70B)
+    nodes = [node(i, 24, bandwidth_gbs=900) for i in range(12)]
+    plan = allocate(nodes, ctx)
+    assert plan.pipelines
+    for pipe in plan.pipelines:
+        assert pipe.concurrency >= 8
+        for nid, s, e in pipe.stages:
+            free = 24e9 - LLAMA_70B.weight_bytes(s, e)
+            assert free >= LLAMA_70B.kv_bytes(ctx.workload.kv_tokens_mean, e - s) * 8
+
+
+def test_pipelines_stay_inside_a_region_when_they_can():
+    ctx = context(LLAMA_70B)
+    nodes = [node(i, 80, bandwidth_gbs=2000, region="a") for i in range(4)]
+    nodes += [node(4 + i, 80, bandwidth_gbs=2000, region="c") for i in range(4)]
+    plan = allocate(nodes, ctx)
+    by_id = {n.id: n for n in nodes}
+    for pipe in plan.pipelines:
+        assert len({by_id[nid].region for nid, _, _ in pipe.stages}) == 1
+
+
+def test_join_moves_no_one_and_leave_moves_only_spares():
+    ctx = context(LLAMA_70B)
+    nodes = {i: node(i, 24, bandwidth_gbs=900) for i in range(14)}
+    policy = PotluckPolicy(ctx)
+    before = policy.allocate(nodes)
+    newcomer = node(99, 24, bandwidth_gbs=900)
+    after_join = policy.on_join(newcomer, {**nodes, 99: newcomer}, before)
+    assert {n: r for n, r in after_join.items() if n != 99} == before
+    member = policy.plan.pipelines[0].stages[1][0]
+    rest = {i: n for i, n in nodes.items() if i != member}
+    after_leave = policy.on_leave(member, rest, before)
+    pipeline_members = {nid for p in policy.plan.pipelines for nid, _, _ in p.stages}
+    moved = {n for n in after_leave if after_leave[n] != before.get(n)}
+    assert not moved & pipeline_members  # only spare nodes take over the leaver's layers
+    covered = set()
+    for s, e in after_leave.values():
+        covered.update(range(s, e))
+    assert covered == set(range(80))
+
+
+def test_pipeline_model_predicts_slower_tokens_with_more_sessions():
+    ctx = context(LLAMA_70B)
+    pm = PipelineModel(ctx)
+    stages = [node(i, 24, bandwidth_gbs=900) for i in range(8)]
+    layers = [10] * 8
+    links = pm.links(stages)
+    t1, r1 = pm.cycle(stages, layers, 1, links)
+    t64, r64 = pm.cycle(stages, layers, 64, links)
+    assert t64 > t1 and r64 > 10 * r1
+
+
+def test_no_global_replan_without_a_gain_worth_the_reload():
+    from tests.scheduler_fixtures import idle_view
+
+    ctx = context(LLAMA_70B)
+    nodes = {i: node(i, 24, bandwidth_gbs=900) for i in range(14)}
+    policy = PotluckPolicy(ctx)
+    assignment = policy.allocate(nodes)
+    assert policy.rebalance(nodes, assignment, idle_view(nodes, assignment, LLAMA_70B)) is None
