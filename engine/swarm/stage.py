@@ -231,17 +231,18 @@ class StageWorker:
                 state.produced += 1
                 if state.produced >= params.max_tokens:
                     finished = "length"
-            body = {"request_id": work.request_id, "step": state.produced, "finished": finished} if finished \
-                else {"request_id": work.request_id, "step": state.produced}
-            if finished != "stop":
-                body["token"] = token
-            self._push(work.request_id, state.origin, body, kind="stage.token")
-            if finished is None:
+            if finished is None:  # the next step first: it is on the critical path, the origin is not
                 first = state.route[0]
                 self._push(work.request_id, first.peer_id, {
                     "request_id": work.request_id, "origin": state.origin, "kind": "decode",
                     "step": state.produced, "route": [[h.peer_id, h.start, h.end] for h in state.route], "hop": 0,
                     "tokens": [token]})
+            body = {"request_id": work.request_id, "step": state.produced}
+            if finished:
+                body["finished"] = finished
+            if finished != "stop":
+                body["token"] = token
+            self._push(work.request_id, state.origin, body, kind="stage.token")
 
     def _push(self, rid: str, peer: str, body: dict, tensors=None, kind: str = "stage.forward") -> None:
         try:
