@@ -4,6 +4,7 @@ network namespace under tests/run.sh), answering the official openai client."""
 import concurrent.futures
 import json
 import signal
+import time
 import subprocess
 import sys
 
@@ -112,6 +113,26 @@ def test_api_refuses_bad_requests_and_keeps_serving(swarm, expected):
     not_json = node.http.post("/v1/chat/completions", content=b"{nope")
     assert not_json.status_code == 400
     assert ask(node, PROMPTS[0]) == expected[PROMPTS[0]]
+
+
+def test_a_client_that_goes_away_mid_answer_frees_the_caches_along_the_route(swarm):
+    _, nodes = swarm
+    host = nodes[0]
+    before = len(host.swarm()["recent_requests"])
+    with host.http.stream("POST", "/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 300, "temperature": 0,
+            "stream": True}) as response:
+        for line in response.iter_lines():
+            if '"content": "' in line and '"content": ""' not in line:
+                break  # one piece of the answer, then hang up
+    def released(s):  # the request ended (it is in recent), and a heartbeat since then shows no cache held
+        if len(s["recent_requests"]) <= before:
+            return False
+        ended = time.time() - s["recent_requests"][-1]["at"]
+        return all(n["seconds_since_heartbeat"] < ended and n["resident_requests"] == 0 for n in s["nodes"])
+
+    snapshot = host.wait_for(released, "every cache along the route released")
+    assert snapshot["recent_requests"][-1]["completion_tokens"] < 300  # cancelled, not run to the end
 
 
 def test_a_late_joiner_gets_layers_and_a_leaver_is_replaced(swarm, expected):
