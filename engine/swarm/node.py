@@ -30,6 +30,7 @@ from engine.swarm.wire import Message, WireError
 log = logging.getLogger(__name__)
 
 SWARM_PROTOCOL = "main"
+LOAD_RETRY_S = 30.0  # after a failed shard load (disk full, download error)
 
 MEMBER_ONLY = {"stage.forward", "stage.token", "stage.error", "stage.release", "sched.heartbeat", "sched.leave",
                "sched.route", "sched.swarm"}
@@ -71,6 +72,7 @@ class Node:
         self.recent = collections.deque(maxlen=32)  # routes and timings of this node's recent requests
         self.scheduler: SwarmScheduler | None = None
         self._loader: threading.Thread | None = None
+        self._failed_load, self._failed_at = None, 0.0
         self.host_peer = opts.join.rsplit("/p2p/", 1)[-1] if opts.join else None
 
         self.peer = Peer(self._transport, self._route_for, token_timeout_s=opts.token_timeout_s)
@@ -208,9 +210,7 @@ class Node:
                 for gone in self.scheduler.evict_stale():
                     log.warning("evicted %s: no heartbeat for %.0f s", gone[-8:], self.opts.evict_after_s)
             assignment = reply.get("assignment")
-            target = tuple(assignment) if isinstance(assignment, list) and len(assignment) == 2 else None
-            if target != self.assigned:
-                self._assign(target)
+            self._assign(tuple(assignment) if isinstance(assignment, list) and len(assignment) == 2 else None)
 
     def _rejoin(self) -> None:
         try:
@@ -227,13 +227,17 @@ class Node:
             if self.assigned else 0.0
 
     def _assign(self, target: tuple[int, int] | None) -> None:
+        """Called on every heartbeat: make the served layers follow the assignment."""
         self.assigned = target
         if target is None:
-            self.ready_range = None
-            self.peer.stop_serving()
+            if self.ready_range is not None:
+                self.ready_range = None
+                self.peer.stop_serving()
             return
-        if self._loader is not None and self._loader.is_alive():
-            return  # the heartbeat after the load finishes will catch up
+        if target == self.ready_range or (self._loader is not None and self._loader.is_alive()):
+            return  # serving it already, or a load is running (a later heartbeat retries if it was stale)
+        if self._failed_load == target and time.monotonic() - self._failed_at < LOAD_RETRY_S:
+            return
         self._loader = threading.Thread(target=self._load, args=(target,), name="shard-loader", daemon=True)
         self._loader.start()
 
@@ -245,7 +249,8 @@ class Node:
             path = resolve_model(self.model_ref, layers=target)
             runner = TorchShardRunner(path, *target, device=self.opts.device)
         except Exception as exc:
-            log.error("could not load layers %s: %s", target, exc)
+            log.error("could not load layers %s (retrying in %.0f s): %s", target, LOAD_RETRY_S, exc)
+            self._failed_load, self._failed_at = target, time.monotonic()
             return
         if self.assigned != target:
             return  # reassigned while loading
