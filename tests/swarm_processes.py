@@ -68,7 +68,10 @@ class NodeProcess:
             if condition(snapshot):
                 return snapshot
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}: {json.dumps(snapshot)[:2000]}")
+                dump = self.data_dir / "swarm-at-timeout.json"
+                dump.write_text(json.dumps(snapshot, indent=1))
+                raise AssertionError(f"timed out waiting for {what} (snapshot in {dump}): "
+                                     f"{json.dumps(snapshot)[:2000]}")
             time.sleep(0.2)
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 30.0) -> int | None:
