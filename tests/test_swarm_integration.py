@@ -122,6 +122,7 @@ def test_a_client_that_goes_away_mid_answer_frees_the_caches_along_the_route(swa
     with host.http.stream("POST", "/v1/chat/completions", json={
             "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 300, "temperature": 0,
             "stream": True}) as response:
+        assert response.status_code == 200
         for line in response.iter_lines():
             if '"content": "' in line and '"content": ""' not in line:
                 break  # one piece of the answer, then hang up

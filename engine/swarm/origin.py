@@ -46,9 +46,9 @@ class Origin:
 
     def __init__(self, send, route_for: Callable[[int, int, set[str]], list[Hop]], peer_id: str,
                  first_token_timeout_s: float = 120.0, token_timeout_s: float = 30.0, max_attempts: int = 4,
-                 heal_timeout_s: float = 120.0):
+                 heal_timeout_s: float = 120.0, admit_timeout_s: float = 15.0):
         self.send, self.route_for, self.peer_id = send, route_for, peer_id
-        self.heal_timeout_s = heal_timeout_s
+        self.heal_timeout_s, self.admit_timeout_s = heal_timeout_s, admit_timeout_s
         self.first_token_timeout_s, self.token_timeout_s = first_token_timeout_s, token_timeout_s
         self.max_attempts = max_attempts
         self._inboxes: dict[str, queue.Queue] = {}
@@ -71,7 +71,8 @@ class Origin:
             if remaining <= 0:
                 return
             context = len(prompt) + len(produced)
-            route = self._route(context, context + remaining, avoid, patient=attempt_no > 0)
+            patience = self.heal_timeout_s if attempt_no else self.admit_timeout_s
+            route = self._route(context, context + remaining, avoid, patience)
             if on_route:
                 on_route(route)
             attempt = self._start(route, prompt + produced, replace(params, max_tokens=remaining))
@@ -90,10 +91,11 @@ class Origin:
                 self._finish(attempt)
         raise RouteUnavailable(f"the answer failed {self.max_attempts} times on different nodes")
 
-    def _route(self, prompt_tokens: int, kv_tokens: int, avoid: set[str], patient: bool) -> list[Hop]:
-        """After a failure the swarm needs a moment to heal (evict the dead node, re-allocate, load):
-        keep asking, with back-off, until heal_timeout_s."""
-        deadline = time.monotonic() + (self.heal_timeout_s if patient else 0.0)
+    def _route(self, prompt_tokens: int, kv_tokens: int, avoid: set[str], patience_s: float) -> list[Hop]:
+        """Keep asking, with back-off, for up to patience_s: a new request waits while the swarm's
+        KV cache is momentarily full (the scheduler sees freed caches one heartbeat late); after a
+        failure the swarm needs time to heal (evict the dead node, re-allocate, load)."""
+        deadline = time.monotonic() + patience_s
         pause = 0.2
         while True:
             try:
