@@ -98,24 +98,28 @@ def run(args: argparse.Namespace) -> int:
 def _profile(args) -> int:
     import json
 
+    from engine.backends.choose import pick_backend
     from engine.model.errors import CheckpointError
     from engine.paths import data_dir
-    from engine.profile import measure, measure_layer, save
+    from engine.profile import measure, measure_layer, profile_path, save
 
     try:
-        profile = measure(args.device)
+        backend = pick_backend("auto")  # what `potluck node` would serve with: MLX on a Mac
+        profile = measure(args.device, backend)
         if args.model:
             measure_layer(profile, args.model)
     except CheckpointError as exc:
         print(f"potluck profile: {exc}", file=sys.stderr)
         return 2
-    save(profile, data_dir(args.data_dir) / f"profile-{args.device.replace(':', '_')}.json")
+    save(profile, profile_path(data_dir(args.data_dir), args.device, backend))
     if args.json:
         print(json.dumps(profile.as_dict()))
         return 0
     gib = 2**30
     print(f"{profile.vendor} {profile.device_name} ({profile.backend})")
-    print(f"  memory      {profile.memory_total_bytes / gib:.1f} GiB total, {profile.memory_free_bytes / gib:.1f} GiB free")
+    usable = f" ({profile.memory_usable_bytes / gib:.1f} GiB usable by the GPU)" if profile.memory_usable_bytes else ""
+    print(f"  memory      {profile.memory_total_bytes / gib:.1f} GiB total{usable}, "
+          f"{profile.memory_free_bytes / gib:.1f} GiB free")
     print(f"  matmul      {profile.matmul_tflops_half:.2f} TFLOP/s (16-bit), {profile.matmul_tflops_fp32:.2f} TFLOP/s (fp32)")
     print(f"  bandwidth   {profile.bandwidth_gbs:.1f} GB/s")
     for key, layer in profile.layer_ms.items():

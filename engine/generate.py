@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from engine.backends.torch_runner import TorchShardRunner
+from engine.backends.choose import make_runner
 from engine.model.checkpoint import Checkpoint
 from engine.model.errors import CheckpointError
 from engine.sampling import Sampler, SamplingParams, sample
@@ -24,14 +24,18 @@ def split_layers(num_layers: int, shards: int) -> list[tuple[int, int]]:
 
 
 class LocalPipeline:
-    """Shards chained in one process: the same path a request takes through a swarm, minus the network."""
+    """Shards chained in one process: the same path a request takes through a swarm, minus the network.
+
+    backend: "torch" or "mlx" (engine.backends.choose.pick_backend resolves "auto")."""
 
     def __init__(self, checkpoint: str | Path | Checkpoint, shards: int = 1, device: str = "auto",
-                 dtype: str = "auto", ranges: list[tuple[int, int]] | None = None, cpu_kernels: str = "onednn"):
+                 dtype: str = "auto", ranges: list[tuple[int, int]] | None = None, cpu_kernels: str = "onednn",
+                 backend: str = "torch"):
         self.checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint)
         self.spec = self.checkpoint.spec
         ranges = ranges or split_layers(self.spec.num_layers, shards)
-        self.runners = [TorchShardRunner(self.checkpoint, s, e, device, dtype, cpu_kernels)
+        torch_options = {"cpu_kernels": cpu_kernels} if backend == "torch" else {}
+        self.runners = [make_runner(backend, self.checkpoint, s, e, device, dtype, **torch_options)
                         for s, e in ranges]
 
     def prefill(self, request_ids, tokens, lengths=None):

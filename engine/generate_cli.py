@@ -1,4 +1,5 @@
-"""`potluck generate`: run a model in this process, as K chained shards, and stream its answer."""
+"""`potluck generate`: run a model in this process, as K chained shards (torch or MLX, see
+engine.backends.choose), or a whole GGUF file through llama.cpp (--backend gguf), and stream its answer."""
 
 from __future__ import annotations
 
@@ -21,19 +22,21 @@ def main(args) -> int:
 
 
 def _generate(args) -> int:
-    if args.backend not in ("auto", "torch"):
-        raise CheckpointError(f"The {args.backend} backend is not available yet: use --backend torch.")
+    if args.backend == "gguf":
+        return _generate_gguf(args)
+    from engine.backends.choose import pick_backend
+
+    backend = pick_backend(args.backend)  # before the heavy imports: a missing backend is said at once
     from engine.generate import LocalPipeline, generate
+    from engine.model.progress import TerminalProgress
+    from engine.model.resolve import resolve_model
     from engine.model.tokenizer import StreamingDetokenizer, chat_prompt_ids, load_tokenizer, stop_token_ids
     from engine.sampling import SamplingParams
 
     if args.max_tokens < 1:
         raise CheckpointError(f"--max-tokens must be at least 1, got {args.max_tokens}.")
-    from engine.model.progress import TerminalProgress
-    from engine.model.resolve import resolve_model
-
     model = resolve_model(args.model, progress=TerminalProgress())  # a catalog name or hub id downloads
-    pipeline = LocalPipeline(model, shards=args.shards, device=args.device, dtype=args.dtype)
+    pipeline = LocalPipeline(model, shards=args.shards, device=args.device, dtype=args.dtype, backend=backend)
     tokenizer = load_tokenizer(model)
     messages = ([{"role": "system", "content": args.system}] if args.system else [])
     messages.append({"role": "user", "content": args.prompt})
@@ -62,6 +65,31 @@ def _generate(args) -> int:
         # tokens after the first, over the time they took: the decode rate
         "tokens_per_s": round((count - 1) / decode_s, 3) if count > 1 and decode_s > 0 else None,
     }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        sys.stdout.write("\n")
+    return 0
+
+
+def _generate_gguf(args) -> int:
+    """Solo mode: the whole GGUF model in llama.cpp (--model is a .gguf file)."""
+    if args.shards != 1:
+        raise CheckpointError("--shards does not apply to --backend gguf: llama.cpp runs the whole model.")
+    try:
+        from engine.backends.llama_cpp_solo import generate_gguf
+    except ImportError as exc:
+        raise CheckpointError(f"The gguf backend is not part of this installation ({exc}): "
+                              "use --backend auto with a Hugging Face checkpoint directory.") from None
+
+    def on_text(piece: str) -> None:
+        if not args.json:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+
+    options = {"system": args.system} if args.system else {}
+    result = generate_gguf(args.model, args.prompt, args.max_tokens, args.temperature, args.top_p, args.seed,
+                           on_text, **options)
     if args.json:
         print(json.dumps(result))
     else:

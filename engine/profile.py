@@ -3,6 +3,10 @@
 Measured beats tabulated (DESIGN.md): matmul TFLOP/s, memory bandwidth and, for a given model,
 the time of one of its decoder layers at decode and prefill are measured here, in a few seconds,
 and cached per device (and per model shape) in the data dir. The scheduler allocates from these.
+
+A node measures through the backend it serves with: torch (CUDA, MPS or CPU), or MLX on Apple
+Silicon, where the GPU shares the machine's unified memory and may hold only Metal's recommended
+working set of it (`memory_usable_bytes`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ PROFILE_VERSION = 1
 
 @dataclass
 class HardwareProfile:
-    backend: str  # cuda, mps or cpu
+    backend: str  # torch's device (cuda, mps or cpu), or mlx (the Apple GPU) or mlx-cpu
     vendor: str
     device_name: str
     memory_total_bytes: int
@@ -30,6 +34,7 @@ class HardwareProfile:
     matmul_tflops_fp32: float
     matmul_tflops_half: float  # bfloat16 (fp16 where bfloat16 is not supported)
     bandwidth_gbs: float  # bytes read + written per second by a large copy
+    memory_usable_bytes: int = 0  # the most the GPU may hold (Apple: Metal's working set); 0: no such cap
     layer_ms: dict = field(default_factory=dict)  # model key -> {"decode_ms", "prefill_ms_per_token"}
     measured_at: float = 0.0
     version: int = PROFILE_VERSION
@@ -38,7 +43,9 @@ class HardwareProfile:
         return asdict(self)
 
 
-def measure(device: str = "auto") -> HardwareProfile:
+def measure(device: str = "auto", backend: str = "torch") -> HardwareProfile:
+    if backend == "mlx":
+        return measure_mlx(device)
     import torch
 
     from engine.backends.torch_device import pick_device
@@ -56,20 +63,27 @@ def measure(device: str = "auto") -> HardwareProfile:
     )
 
 
-def load_or_measure(cache_dir: str | Path, device: str = "auto", max_age_s: float = 7 * 86400) -> HardwareProfile:
-    """The cached profile for this device, measured again when missing, stale or from another version."""
-    path = Path(cache_dir) / f"profile-{device.replace(':', '_')}.json"
+def load_or_measure(cache_dir: str | Path, device: str = "auto", backend: str = "torch",
+                    max_age_s: float = 7 * 86400) -> HardwareProfile:
+    """The cached profile for this device and backend, measured again when missing, stale or from
+    another version."""
+    path = profile_path(cache_dir, device, backend)
     try:
         data = json.loads(path.read_text())
         if data.get("version") == PROFILE_VERSION and time.time() - data.get("measured_at", 0) < max_age_s:
             profile = HardwareProfile(**data)
-            profile.memory_free_bytes = _describe_free(profile.backend)
+            profile.memory_free_bytes = _describe_free(profile)
             return profile
     except (OSError, ValueError, TypeError):
         pass
-    profile = measure(device)
+    profile = measure(device, backend)
     save(profile, path)
     return profile
+
+
+def profile_path(cache_dir: str | Path, device: str = "auto", backend: str = "torch") -> Path:
+    prefix = "profile-" if backend == "torch" else f"profile-{backend}-"
+    return Path(cache_dir) / f"{prefix}{device.replace(':', '_')}.json"
 
 
 def save(profile: HardwareProfile, path: Path) -> None:
@@ -79,6 +93,8 @@ def save(profile: HardwareProfile, path: Path) -> None:
 
 def measure_layer(profile: HardwareProfile, checkpoint_path: str | Path, dtype: str = "auto") -> dict:
     """Time one decoder layer of this model's shape (random weights) at decode and at prefill."""
+    if profile.backend.startswith("mlx"):
+        return _measure_layer_mlx(profile, checkpoint_path, dtype)
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -171,12 +187,13 @@ def _describe(device) -> tuple[str, str, int, int]:
     return platform.machine() or "CPU", _cpu_name(), memory.total, memory.available
 
 
-def _describe_free(backend: str) -> int:
-    if backend == "cuda":
+def _describe_free(profile: HardwareProfile) -> int:
+    if profile.backend == "cuda":
         import torch
 
         return int(torch.cuda.mem_get_info()[0])
-    return psutil.virtual_memory().available
+    available = psutil.virtual_memory().available
+    return min(available, profile.memory_usable_bytes) if profile.memory_usable_bytes else available
 
 
 def _cpu_name() -> str:
@@ -194,3 +211,105 @@ def _sysctl(key: str) -> str | None:
         return subprocess.run(["sysctl", "-n", key], capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+# ---- MLX (Apple Silicon; MLX's CPU device elsewhere) ----
+
+def measure_mlx(device: str = "auto") -> HardwareProfile:
+    """The profile of MLX's device. On a Mac: the chip, its unified memory and the share of it the
+    GPU may use, and matmul rate and bandwidth measured through MLX. Elsewhere MLX runs on the CPU
+    (slowly): the measurements stay small so that they take about a second."""
+    import mlx.core as mx
+
+    from engine.backends.choose import apple_silicon
+    from engine.backends.mlx_device import pick_mlx_device
+
+    dev = pick_mlx_device(device)
+    gpu = dev.type == mx.gpu
+    info = mx.device_info(dev)
+    memory = psutil.virtual_memory()
+    if apple_silicon():
+        vendor = "Apple"
+        name = _sysctl("machdep.cpu.brand_string") or str(info.get("device_name") or "Apple Silicon")
+        total = int(_sysctl("hw.memsize") or 0) or int(info.get("memory_size") or 0) or memory.total
+    else:
+        vendor = platform.machine() or "CPU"
+        name = str(info.get("device_name") or "GPU") if gpu else _cpu_name()
+        total = int(info.get("memory_size") or info.get("total_memory") or 0) if gpu else memory.total
+    usable = int(info.get("max_recommended_working_set_size") or 0) if gpu else 0
+    return HardwareProfile(
+        backend="mlx" if gpu else "mlx-cpu", vendor=vendor, device_name=name, memory_total_bytes=total,
+        memory_free_bytes=min(memory.available, usable) if usable else memory.available,
+        cpu_cores=psutil.cpu_count(logical=False) or psutil.cpu_count() or 1,
+        matmul_tflops_fp32=round(_mlx_matmul_tflops(dev, mx.float32), 4),
+        matmul_tflops_half=round(_mlx_matmul_tflops(dev, mx.bfloat16), 4),
+        bandwidth_gbs=round(_mlx_bandwidth_gbs(dev, size_mb=256 if gpu else 64), 2),
+        memory_usable_bytes=usable, measured_at=time.time(),
+    )
+
+
+def _mlx_matmul_tflops(device, dtype, budget_s: float = 0.3, largest: int = 4096) -> float:
+    """n x n matmuls, n doubled from 128 until one takes a tenth of the budget: big enough to be
+    compute-bound on a GPU, small enough for MLX's CPU device (a few GFLOP/s)."""
+    import mlx.core as mx
+
+    with mx.stream(device):
+        n = 128
+        while True:
+            a, b = mx.random.normal((n, n)).astype(dtype), mx.random.normal((n, n)).astype(dtype)
+            mx.eval(a @ b)
+            start = time.perf_counter()
+            mx.eval(a @ b)
+            if time.perf_counter() - start > budget_s / 10 or n >= largest:
+                break
+            n *= 2
+        reps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < budget_s:
+            mx.eval(a @ b)
+            reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
+
+
+def _mlx_bandwidth_gbs(device, size_mb: int = 256, reps: int = 5) -> float:
+    import mlx.core as mx
+
+    with mx.stream(device):
+        src = mx.ones((size_mb * 2**20 // 4,), dtype=mx.float32)
+        mx.eval(src)
+        best = float("inf")
+        for _ in range(reps):
+            start = time.perf_counter()
+            mx.eval(src + 1)  # reads and writes every byte once
+            best = min(best, time.perf_counter() - start)
+    return 2 * src.nbytes / best / 1e9
+
+
+def _measure_layer_mlx(profile: HardwareProfile, checkpoint_path: str | Path, dtype: str = "auto") -> dict:
+    import mlx.core as mx
+
+    from engine.backends.mlx_device import MLX_DTYPES, pick_mlx_dtype
+    from engine.backends.mlx_runner import mlx_model
+    from engine.model.spec import ModelSpec, read_config
+
+    spec = ModelSpec.from_checkpoint(checkpoint_path)
+    device = mx.Device(mx.gpu if profile.backend == "mlx" else mx.cpu)
+    dtype_name = pick_mlx_dtype(dtype, spec.dtype, device)
+    config = {**read_config(checkpoint_path), "num_hidden_layers": 1, "vocab_size": 16, "layer_types": None}
+    with mx.stream(device):
+        layer = mlx_model(config).model.layers[0]  # mlx-lm's block, random weights
+        layer.set_dtype(MLX_DTYPES[dtype_name])
+        mx.eval(layer.parameters())
+
+        def run(tokens: int, reps: int) -> float:
+            hidden = mx.random.normal((1, tokens, spec.hidden_size)).astype(MLX_DTYPES[dtype_name])
+            mask = "causal" if tokens > 1 else None
+            mx.eval(layer(hidden, mask))
+            start = time.perf_counter()
+            for _ in range(reps):
+                mx.eval(layer(hidden, mask))
+            return (time.perf_counter() - start) / reps
+
+        result = {"decode_ms": round(run(1, 10) * 1e3, 3),
+                  "prefill_ms_per_token": round(run(128, 3) * 1e3 / 128, 4)}
+    profile.layer_ms[f"{spec.architecture}-{spec.hidden_size}x{spec.num_layers}-{dtype_name}"] = result
+    return result

@@ -19,9 +19,6 @@ def main(args) -> int:
     if args.join and args.model:
         print("potluck node: --model goes with --host; a joining node serves the host's model.", file=sys.stderr)
         return 2
-    if args.backend == "mlx":
-        print("potluck node: the MLX backend is not available yet: use --backend torch.", file=sys.stderr)
-        return 2
     try:
         listen = _address(args.listen, default_host="127.0.0.1") if args.listen else None
         api = _address(args.api, default_host="127.0.0.1")
@@ -32,8 +29,8 @@ def main(args) -> int:
     _log_to(home)
     listen = listen or ("127.0.0.1", free_port("127.0.0.1"))
     options = NodeOptions(host=args.host, model=args.model, join=args.join, listen=listen, api=api, data_dir=home,
-                          max_memory_gb=args.max_memory, client_only=args.client_only, device=args.device,
-                          heartbeat_s=args.heartbeat, evict_after_s=max(5.0, 4 * args.heartbeat),
+                          max_memory_gb=args.max_memory, client_only=args.client_only, backend=args.backend,
+                          device=args.device, heartbeat_s=args.heartbeat, evict_after_s=max(5.0, 4 * args.heartbeat),
                           token_timeout_s=args.token_timeout)
     try:
         node = Node(options)

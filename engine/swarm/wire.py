@@ -38,7 +38,10 @@ class WireError(ValueError):
 
 @dataclass(frozen=True)
 class Tensor:
-    """A tensor as raw bytes: the receiver turns it into torch or MLX after validation."""
+    """A tensor as raw bytes: the receiver turns it into torch or MLX after validation.
+
+    The bytes are C-ordered and little endian (the byte order of every platform Potluck runs on:
+    x86-64 and arm64); bfloat16 travels as its raw 16-bit words, whichever backend made it."""
     dtype: str
     shape: tuple[int, ...]
     data: bytes
