@@ -21,10 +21,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     app_parser = parser.add_subcommand("app", help="launch the desktop app (the default)")
     app_parser.add_argument("--no-tray", action="store_true", help="show the main window instead of a tray icon")
+    app_parser.add_argument("--data-dir", default=None, help="settings, logs and the node's identity (default: "
+                            "$POTLUCK_HOME or the user data dir)")
     args = parser.parse_args(argv or ["app"])
     if args.command == "app":
-        print("The desktop app is not built yet: use `potluck generate` for now.", file=sys.stderr)
-        return 2
+        from app.main import run as run_app
+
+        return run_app(no_tray=args.no_tray, data_dir=args.data_dir)
     return run(args)
 
 

@@ -1,8 +1,9 @@
 """The node's OpenAI-compatible HTTP API: local only, behind a bearer token.
 
 Endpoints: POST /v1/chat/completions (streaming and not), GET /v1/models, GET /health (no token:
-readiness checks), GET /swarm. Errors use OpenAI's shape. Built on the standard library's threading
-HTTP server: one thread per connection is plenty for a local API with a handful of clients.
+readiness checks), GET /swarm, POST /role ({"serves": bool}: the desktop app's contribute toggle).
+Errors use OpenAI's shape. Built on the standard library's threading HTTP server: one thread per
+connection is plenty for a local API with a handful of clients.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ MAX_BODY_BYTES = 1 << 20
 
 class ApiServer:
     """`node` provides: model_name, context, token, chat(request, result) -> iterator of text,
-    new_result(), health() -> dict, swarm() -> dict."""
+    new_result(), health() -> dict, swarm() -> dict, set_serving(bool) -> dict."""
 
     def __init__(self, node, host: str, port: int):
         self.node = node
@@ -56,7 +57,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve({"/health": self._health, "/v1/models": self._models, "/swarm": self._swarm})
 
     def do_POST(self):
-        self._serve({"/v1/chat/completions": self._chat})
+        self._serve({"/v1/chat/completions": self._chat, "/role": self._role})
 
     def _serve(self, routes):
         path = self.path.split("?", 1)[0]
@@ -96,14 +97,29 @@ class _Handler(BaseHTTPRequestHandler):
     def _swarm(self):
         self._json(200, self.node.swarm())
 
-    def _chat(self):
+    def _role(self):
+        body = self._body()
+        if not isinstance(body, dict) or not isinstance(body.get("serves"), bool):
+            raise ApiError(400, "Send {\"serves\": true} to serve layers or {\"serves\": false} to be a client only.",
+                           "serves")
+        from engine.model.errors import CheckpointError
+
+        try:
+            self._json(200, self.node.set_serving(body["serves"]))
+        except CheckpointError as exc:
+            raise ApiError(503, str(exc), kind="service_unavailable") from None
+
+    def _body(self):
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_BODY_BYTES:
             raise ApiError(413, f"Request body of {length} bytes is over the limit of {MAX_BODY_BYTES}.")
         try:
-            body = json.loads(self.rfile.read(length) or b"null")
+            return json.loads(self.rfile.read(length) or b"null")
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise ApiError(400, "The request body is not valid JSON.") from None
+
+    def _chat(self):
+        body = self._body()
         request = parse_chat_request(body, self.node.context)
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         result = self.node.new_result()

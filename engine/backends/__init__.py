@@ -1,1 +1,2 @@
-"""ShardRunner implementations: torch (CUDA / MPS / CPU); MLX and llama.cpp solo mode come later."""
+"""ShardRunner implementations: torch (CUDA / MPS / CPU) and MLX (Apple Silicon), chosen in choose.py;
+and the llama.cpp solo mode (a whole GGUF model, no swarm)."""

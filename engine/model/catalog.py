@@ -13,8 +13,9 @@ from pathlib import Path
 
 from engine.model.errors import CheckpointError
 from engine.model.spec import ModelSpec, read_config
+from engine.paths import resources_dir
 
-RESOURCES_DIR = Path(__file__).resolve().parents[2] / "resources"
+RESOURCES_DIR = resources_dir()
 CATALOG_FILE = RESOURCES_DIR / "catalog.toml"
 
 # What "a swarm can serve this model" means in swarm_memory_bytes: this many requests of this many

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
 import secrets
 import signal
 import socket
@@ -46,6 +47,7 @@ class NodeOptions:
     data_dir: Path
     max_memory_gb: float | None = None
     client_only: bool = False
+    backend: str = "auto"  # auto, torch or mlx: see engine.backends.choose
     device: str = "auto"
     heartbeat_s: float = 1.0
     evict_after_s: float = 5.0
@@ -55,6 +57,7 @@ class NodeOptions:
 class Node:
     def __init__(self, opts: NodeOptions):
         from engine.api.server import ApiServer
+        from engine.backends.choose import pick_backend
         from engine.model.resolve import resolve_model
         from engine.model.spec import ModelSpec
         from engine.model.tokenizer import load_tokenizer, stop_token_ids
@@ -62,8 +65,9 @@ class Node:
         from engine.scheduler.model import ModelShape
 
         self.opts = opts
+        self.backend = pick_backend(opts.backend)
         self.stopping = threading.Event()
-        self.profile = load_or_measure(opts.data_dir / "cache", opts.device)
+        self.profile = load_or_measure(opts.data_dir / "cache", opts.device, self.backend)
         self.serves = not opts.client_only
         self.assigned: tuple[int, int] | None = None
         self.ready_range: tuple[int, int] | None = None
@@ -72,6 +76,9 @@ class Node:
         self.recent = collections.deque(maxlen=32)  # routes and timings of this node's recent requests
         self.scheduler: SwarmScheduler | None = None
         self._loader: threading.Thread | None = None
+        self._role_lock = threading.Lock()
+        self.served_requests = 0  # requests whose layers this node ran (each hop counts its own)
+        self._tokens_before = 0  # tokens served by shards this node no longer holds
         self._failed_load, self._failed_at = None, 0.0
         self.host_peer = opts.join.rsplit("/p2p/", 1)[-1] if opts.join else None
 
@@ -80,6 +87,15 @@ class Node:
                                    "sched.leave": self._on_leave, "sched.route": self._on_route,
                                    "sched.swarm": self._on_swarm})
         self.peer_id = self.peer.peer_id
+        forward = self.peer.handlers["stage.forward"]
+
+        def counted_forward(message: Message):
+            reply = forward(message)
+            if message.body.get("kind") == "prefill" and message.body.get("step") == 0:
+                self.served_requests += 1
+            return reply
+
+        self.peer.handlers["stage.forward"] = counted_forward
         if opts.host:
             self.host_peer = self.peer_id
             self.model_ref = opts.model
@@ -114,7 +130,9 @@ class Node:
             return on_message(message)
 
         boot = [self.opts.join] if self.opts.join else None
-        return Transport(self.opts.data_dir / "identity", self.opts.listen, SWARM_PROTOCOL, guarded, bootstrap=boot)
+        lan = os.environ.get("POTLUCK_LAN_DISCOVERY") == "1"  # set by the desktop app's setting
+        return Transport(self.opts.data_dir / "identity", self.opts.listen, SWARM_PROTOCOL, guarded, bootstrap=boot,
+                         lan_discovery=lan)
 
     def _is_member(self, peer_id: str) -> bool:
         if self.scheduler is not None:
@@ -232,6 +250,7 @@ class Node:
         if target is None:
             if self.ready_range is not None:
                 self.ready_range = None
+                self._count_tokens_of_old_stage()
                 self.peer.stop_serving()
             return
         if target == self.ready_range or (self._loader is not None and self._loader.is_alive()):
@@ -242,21 +261,43 @@ class Node:
         self._loader.start()
 
     def _load(self, target: tuple[int, int]) -> None:
-        from engine.backends.torch_runner import TorchShardRunner
+        from engine.backends.choose import make_runner
         from engine.model.resolve import resolve_model
 
         try:
             path = resolve_model(self.model_ref, layers=target)
-            runner = TorchShardRunner(path, *target, device=self.opts.device)
+            runner = make_runner(self.backend, path, *target, device=self.opts.device)
         except Exception as exc:
             log.error("could not load layers %s (retrying in %.0f s): %s", target, LOAD_RETRY_S, exc)
             self._failed_load, self._failed_at = target, time.monotonic()
             return
         if self.assigned != target:
             return  # reassigned while loading
+        self._count_tokens_of_old_stage()
         self.peer.serve(runner, self.wire_dtype)
         self.ready_range = target
         log.info("serving layers %d-%d", target[0], target[1] - 1)
+
+    def _count_tokens_of_old_stage(self) -> None:
+        if self.peer.stage is not None:
+            self._tokens_before += self.peer.stage.served_tokens
+
+    def set_serving(self, serves: bool) -> dict:
+        """Switch this node's role at run time (the app's "Contribute compute" toggle): join the
+        swarm again with the new role under the same peer id; the scheduler replaces the member and
+        re-allocates, and the next heartbeat loads or drops this node's layers. The node goes on
+        running as a client either way, so its user's chat keeps working."""
+        with self._role_lock:
+            if serves != self.serves:
+                old = self.serves
+                self.serves = serves
+                try:
+                    self._join()
+                except CheckpointError:
+                    self.serves = old
+                    raise
+                self.members_version = -1
+        return self.health()
 
     # ---- what the API and the origin ask ----
 
@@ -294,9 +335,14 @@ class Node:
         return guarded()
 
     def health(self) -> dict:
+        stage = self.peer.stage
         return {"status": "ok", "peer_id": self.peer_id, "model": self.model_name, "scheduler": self.host_peer,
-                "serving": list(self.ready_range) if self.ready_range else None,
-                "assigned": list(self.assigned) if self.assigned else None}
+                "backend": self.backend,
+                "serves": self.serves, "serving": list(self.ready_range) if self.ready_range else None,
+                "assigned": list(self.assigned) if self.assigned else None,
+                "num_layers": self.spec.num_layers, "served_requests": self.served_requests,
+                "served_tokens": self._tokens_before + (stage.served_tokens if stage else 0),
+                "resident_requests": len(stage.requests) if stage else 0}
 
     def swarm(self) -> dict:
         if self.scheduler is not None:
@@ -325,8 +371,11 @@ class Node:
     def wait(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self.stopping.set())
+        parent_alive = _parent_watch()
         while not self.stopping.wait(0.5):
-            pass
+            if not parent_alive():
+                log.warning("the app that started this node has gone: stopping")
+                break
 
     def close(self) -> None:
         self.stopping.set()
@@ -357,9 +406,25 @@ def _api_token(data_dir: Path) -> tuple[str, Path]:
     return token, path
 
 
+def _parent_watch():
+    """With $POTLUCK_PARENT_PID (set by the desktop app), a function that says whether that process
+    still runs: a node never outlives the app that started it, even when the app crashes."""
+    pid = os.environ.get("POTLUCK_PARENT_PID", "")
+    if not pid.isdigit():
+        return lambda: True
+    import psutil
+
+    try:
+        parent = psutil.Process(int(pid))
+    except psutil.Error:
+        return lambda: False
+    return lambda: parent.is_running() and parent.status() != psutil.STATUS_ZOMBIE
+
+
 def _bounded_profile(profile: dict) -> dict:
     """Keep the numbers the scheduler and /swarm show; drop anything else a peer sends."""
-    keep = ("backend", "vendor", "device_name", "memory_total_bytes", "memory_free_bytes", "cpu_cores",
+    keep = ("backend", "vendor", "device_name", "memory_total_bytes", "memory_free_bytes", "memory_usable_bytes",
+            "cpu_cores",
             "matmul_tflops_fp32", "matmul_tflops_half", "bandwidth_gbs")
     return {k: profile[k] for k in keep if isinstance(profile.get(k), (str, int, float))
             and not isinstance(profile.get(k), bool) and len(str(profile[k])) <= 128}
