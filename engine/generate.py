@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from engine.backends.choose import make_runner
 from engine.model.checkpoint import Checkpoint
@@ -26,7 +26,10 @@ def split_layers(num_layers: int, shards: int) -> list[tuple[int, int]]:
 class LocalPipeline:
     """Shards chained in one process: the same path a request takes through a swarm, minus the network.
 
-    backend: "torch" or "mlx" (engine.backends.choose.pick_backend resolves "auto")."""
+    backend: "torch" or "mlx" (engine.backends.choose.pick_backend resolves "auto"). prefill and
+    decode take numpy arrays (or the backend's own tensors) and return the last shard's output as
+    the backend's own tensor: hidden states pass from shard to shard without leaving the device;
+    `to_numpy` brings an output to the host."""
 
     def __init__(self, checkpoint: str | Path | Checkpoint, shards: int = 1, device: str = "auto",
                  dtype: str = "auto", ranges: list[tuple[int, int]] | None = None, cpu_kernels: str = "onednn",
@@ -49,6 +52,10 @@ class LocalPipeline:
         for runner in self.runners:
             hidden = runner.decode(request_ids, hidden)
         return hidden
+
+    def to_numpy(self, output):
+        """The pipeline's output (float32 logits) as a numpy array."""
+        return self.runners[-1].to_numpy(output)
 
     def release(self, request_id: str) -> None:
         for runner in self.runners:
@@ -75,13 +82,13 @@ def generate(pipeline: LocalPipeline, prompts: list[list[int]],
     produced = [0] * len(prompts)
     lengths = [len(p) for p in prompts]
     width = max(lengths)
-    batch = torch.zeros(len(prompts), width, dtype=torch.long)
+    batch = np.zeros((len(prompts), width), dtype=np.int64)
     for row, prompt in enumerate(prompts):
-        batch[row, :len(prompt)] = torch.tensor(prompt)
+        batch[row, :len(prompt)] = prompt
 
     live = list(range(len(prompts)))
     try:
-        logits = pipeline.prefill(ids, batch, lengths)
+        logits = pipeline.to_numpy(pipeline.prefill(ids, batch, lengths))
         while live:
             tokens = sample(logits, [samplers[row] for row in live])
             still = []
@@ -97,8 +104,8 @@ def generate(pipeline: LocalPipeline, prompts: list[list[int]],
                     still.append((row, token))
             live = [row for row, _ in still]
             if live:
-                step = torch.tensor([[token] for _, token in still])
-                logits = pipeline.decode([ids[row] for row in live], step)
+                step = np.array([[token] for _, token in still], dtype=np.int64)
+                logits = pipeline.to_numpy(pipeline.decode([ids[row] for row in live], step))
     finally:
         for rid in ids:
             pipeline.release(rid)

@@ -1,10 +1,14 @@
-"""Choosing the next token from logits: greedy, or temperature + top-p with a per-request seed."""
+"""Choosing the next token from logits: greedy, or temperature + top-p with a per-request seed.
+
+numpy only (no torch, no MLX): the last stage of either backend samples here, and a seeded request
+draws the same tokens whichever backend computed its logits.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -30,32 +34,29 @@ class Sampler:
 
     def __init__(self, params: SamplingParams):
         self.params = params
-        self.generator = None
-        if params.temperature > 0:
-            self.generator = torch.Generator()
-            if params.seed is not None:
-                self.generator.manual_seed(params.seed)
-            else:
-                self.generator.seed()
+        self.generator = np.random.default_rng(params.seed) if params.temperature > 0 else None
 
     def is_stop(self, token: int) -> bool:
         return token in self.params.stop_token_ids
 
 
-def sample(logits: torch.Tensor, samplers: list[Sampler]) -> list[int]:
-    """One token per row of logits [B, V]."""
-    tokens = logits.argmax(dim=-1).tolist()
+def sample(logits: np.ndarray, samplers: list[Sampler]) -> list[int]:
+    """One token per row of float32 logits [B, V]. Greedy rows take the first highest logit."""
+    tokens = logits.argmax(axis=-1).tolist()
     for row, sampler in enumerate(samplers):
         if sampler.generator is not None:
             tokens[row] = _sample_one(logits[row], sampler.params, sampler.generator)
     return tokens
 
 
-def _sample_one(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    probs = torch.softmax(logits.float().cpu() / params.temperature, dim=-1)
-    if params.top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        outside = sorted_probs.cumsum(0) - sorted_probs > params.top_p  # keeps the token that crosses top_p
-        sorted_probs[outside] = 0.0
-        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-    return int(torch.multinomial(probs, 1, generator=generator))
+def _sample_one(logits: np.ndarray, params: SamplingParams, generator: np.random.Generator) -> int:
+    order = np.argsort(-logits) if params.top_p < 1.0 else None  # highest first, for the nucleus
+    ranked = logits if order is None else logits[order]
+    probs = np.exp((ranked - ranked.max()) / np.float32(params.temperature))  # softmax, unnormalised
+    cumulative = np.cumsum(probs, dtype=np.float64)
+    if order is not None:  # the nucleus: tokens until the mass passes top_p, and the one that crosses it
+        keep = int(np.searchsorted(cumulative, params.top_p * cumulative[-1], side="right")) + 1
+        cumulative = cumulative[:keep]
+    pick = min(int(np.searchsorted(cumulative, generator.random() * cumulative[-1], side="right")),
+               cumulative.size - 1)
+    return int(pick if order is None else order[pick])

@@ -1,5 +1,6 @@
 """A mixed pipeline: torch shards and MLX shards of the same fp32 checkpoint, hidden states crossing
-between them, give the same greedy tokens as either backend alone.
+between them as numpy arrays (the host currency, as on the wire), give the same greedy tokens as
+either backend alone.
 
 Tolerance: where the backends hand over, their fp32 hidden states agree to within
 HIDDEN_TOLERANCE of the largest hidden-state magnitude (measured: about 2e-6 on Linux CPU; the
@@ -18,8 +19,8 @@ import mlx.core as mx
 import numpy as np
 import torch
 
-from engine.backends.mlx_runner import MlxShardRunner, to_mlx, to_torch
-from engine.backends.torch_runner import TorchShardRunner
+from engine.backends.mlx_runner import MlxShardRunner, array_to_numpy, to_mlx
+from engine.backends.torch_runner import TorchShardRunner, tensor_from_numpy, tensor_to_numpy
 from engine.generate import LocalPipeline, generate
 from engine.sampling import SamplingParams
 
@@ -40,10 +41,23 @@ def shard(backend, path, start, end):
 
 
 class MixedPipeline(LocalPipeline):
-    """LocalPipeline's chaining over shards that mix backends."""
+    """LocalPipeline's chaining over shards that mix backends: every output crosses to the host."""
 
     def __init__(self, runners):
         self.runners, self.spec = runners, runners[0].spec
+
+    def prefill(self, request_ids, tokens, lengths=None):
+        for runner in self.runners:
+            tokens = runner.to_numpy(runner.prefill(request_ids, tokens, lengths))
+        return tokens
+
+    def decode(self, request_ids, tokens):
+        for runner in self.runners:
+            tokens = runner.to_numpy(runner.decode(request_ids, tokens))
+        return tokens
+
+    def to_numpy(self, output):
+        return output
 
 
 def greedy(path, backends, bounds=(0, 4, 8)):
@@ -75,40 +89,58 @@ def test_the_prompt_has_no_near_ties(make_checkpoint, arch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_hidden_states_agree_where_the_backends_hand_over(make_checkpoint, arch):
     path = make_checkpoint(arch)
-    prompt = torch.tensor([PROMPT])
+    prompt = np.array([PROMPT])
     by_backend = {}
     for backend in ("torch", "mlx"):
         first, second = shard(backend, path, 0, 4), shard(backend, path, 4, 8)
         hidden = first.prefill(["r"], prompt)
         logits = second.prefill(["r"], hidden, all_positions=True)
-        step = second.decode(["r"], first.decode(["r"], torch.tensor([[int(logits[0, -1].argmax())]])))
-        by_backend[backend] = hidden, logits, step
+        step = second.decode(["r"], first.decode(["r"], np.array([[int(logits[0, -1].argmax())]])))
+        by_backend[backend] = [first.to_numpy(hidden), second.to_numpy(logits), second.to_numpy(step)]
     for t, m in zip(by_backend["torch"], by_backend["mlx"]):
-        assert t.dtype == m.dtype == torch.float32 and t.shape == m.shape
-        scale = t.abs().max().item()
-        assert (t - m).abs().max().item() <= HIDDEN_TOLERANCE * scale
+        assert t.dtype == m.dtype == np.float32 and t.shape == m.shape
+        scale = np.abs(t).max()
+        assert np.abs(t - m).max() <= HIDDEN_TOLERANCE * scale
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
 def test_tensors_cross_exactly_in_every_dtype(dtype):
-    """torch -> MLX -> torch keeps every bit; bfloat16 goes as raw 16-bit words, the same bytes the
-    wire carries (little endian)."""
+    """torch -> numpy -> MLX -> numpy -> torch keeps every bit; bfloat16 goes as raw 16-bit words
+    (uint16), the same bytes the wire carries (little endian)."""
     values = torch.randn(3, 5, 7).to(getattr(torch, dtype))
-    there = to_mlx(values)
+    host = tensor_to_numpy(values)
+    assert host.dtype == {"bfloat16": np.uint16, "float16": np.float16, "float32": np.float32}[dtype]
+    there = to_mlx(host)
     assert there.dtype == getattr(mx, dtype)
-    back = to_torch(there)
+    back_host = array_to_numpy(there)
+    assert back_host.dtype == host.dtype
+    assert back_host.tobytes() == host.tobytes() == values.view(torch.uint8).numpy().tobytes()
+    back = tensor_from_numpy(back_host)
     assert back.dtype == values.dtype and torch.equal(back.view(torch.uint8), values.view(torch.uint8))
-    wire = np.frombuffer(back.contiguous().view(torch.uint8).numpy().tobytes(), dtype=f"<u{values.element_size()}")
-    assert np.array_equal(wire, np.array(there.view({2: mx.uint16, 4: mx.uint32}[values.element_size()])).ravel())
+
+
+def test_converting_outputs_to_another_dtype_rounds_as_the_backend_does(make_checkpoint):
+    """to_numpy(out, "bfloat16") (a stage sending on a bfloat16 wire from a float32 shard) gives
+    what the backend's own cast gives, on both backends."""
+    values = np.random.default_rng(0).standard_normal((4, 9), dtype=np.float32)
+    path = make_checkpoint("llama")
+    torch_runner, mlx_runner = shard("torch", path, 0, 4), shard("mlx", path, 0, 4)
+    expected = torch.from_numpy(values).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    assert np.array_equal(torch_runner.to_numpy(torch.from_numpy(values), "bfloat16"), expected)
+    assert np.array_equal(mlx_runner.to_numpy(mx.array(values), "bfloat16"), expected)
+    assert mlx_runner.to_numpy(mx.array(values), "float16").dtype == np.float16
 
 
 def test_a_bfloat16_mlx_shard_takes_torch_hidden_states(make_checkpoint):
     """The swarm's wire dtype may differ from a stage's compute dtype: an MLX shard in bfloat16
     takes a torch shard's bfloat16 output and returns bfloat16 close to a torch bfloat16 shard's."""
     path = make_checkpoint("llama")
-    hidden = TorchShardRunner(path, 0, 4, "cpu", "bfloat16").prefill(["r"], torch.tensor([PROMPT]))
+    first = TorchShardRunner(path, 0, 4, "cpu", "bfloat16")
+    hidden = first.to_numpy(first.prefill(["r"], np.array([PROMPT])))
+    assert hidden.dtype == np.uint16  # bfloat16 words
     mlx_out = MlxShardRunner(path, 4, 6, dtype="bfloat16").prefill(["r"], hidden)
     torch_out = TorchShardRunner(path, 4, 6, "cpu", "bfloat16").prefill(["r"], hidden)
-    assert mlx_out.dtype == torch.bfloat16
-    scale = torch_out.float().abs().max().item()
-    assert (mlx_out.float() - torch_out.float()).abs().max().item() <= 0.05 * scale
+    assert mlx_out.dtype == mx.bfloat16 and torch_out.dtype == torch.bfloat16
+    mlx_out, torch_out = np.array(mlx_out.astype(mx.float32)), torch_out.float().numpy()
+    scale = np.abs(torch_out).max()
+    assert np.abs(mlx_out - torch_out).max() <= 0.05 * scale

@@ -12,7 +12,7 @@ if mlx_import_error():
 from pathlib import Path
 
 import mlx.core as mx
-import torch
+import numpy as np
 from mlx.utils import tree_flatten
 from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.utils import load_model
@@ -39,7 +39,7 @@ def mlx_lm_greedy(path, steps, dtype=None):
         model.set_dtype(dtype)
     cache = make_prompt_cache(model)
     logits = model(mx.array([PROMPT]), cache=cache)
-    prefill = torch.tensor(logits[0].astype(mx.float32).tolist())
+    prefill = np.array(logits[0].astype(mx.float32))
     tokens = [int(mx.argmax(logits[0, -1]).item())]
     for _ in range(steps - 1):
         logits = model(mx.array([[tokens[-1]]]), cache=cache)
@@ -66,10 +66,10 @@ def test_shards_match_mlx_lm(reference, arch, split):
     path, ref_logits, ref_tokens = reference(arch)
     pipeline = LocalPipeline(path, backend="mlx", ranges=SPLITS[split])
 
-    hidden = torch.tensor([PROMPT])
+    hidden = np.array([PROMPT])
     for runner in pipeline.runners:
         hidden = runner.prefill(["probe"], hidden, all_positions=runner.is_last)
-    torch.testing.assert_close(hidden[0], ref_logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(pipeline.to_numpy(hidden)[0], ref_logits, rtol=1e-5, atol=1e-5)
     pipeline.release("probe")
 
     tokens = [t for _, t in generate(pipeline, [PROMPT], [SamplingParams(max_tokens=STEPS)])]
@@ -83,7 +83,7 @@ def test_half_precision_shards_match_mlx_lm_in_that_dtype(make_checkpoint, dtype
     path = make_checkpoint("llama", max_shard_size="60KB")
     _, ref_tokens = mlx_lm_greedy(path, 16, dtype=getattr(mx, dtype))
     pipeline = LocalPipeline(path, backend="mlx", dtype=dtype, ranges=SPLITS["uneven3"])
-    assert pipeline.runners[0].dtype == getattr(torch, dtype)
+    assert pipeline.runners[0].dtype_name == dtype and pipeline.runners[0].mx_dtype == getattr(mx, dtype)
     tokens = [t for _, t in generate(pipeline, [PROMPT], [SamplingParams(max_tokens=16)])]
     assert tokens == ref_tokens
 
@@ -115,12 +115,12 @@ def test_request_joining_a_running_batch(make_checkpoint):
     pipeline = LocalPipeline(make_checkpoint("llama"), backend="mlx", shards=2)
     a_ref = run(pipeline, [PROMPTS[1]], [SamplingParams(max_tokens=14)])[0]
     b_ref = run(pipeline, [PROMPTS[3]], [SamplingParams(max_tokens=8)])[0]
-    a = [int(pipeline.prefill(["a"], torch.tensor([PROMPTS[1]])).argmax(-1))]
+    a = [int(pipeline.prefill(["a"], np.array([PROMPTS[1]])).argmax(-1))]
     for _ in range(5):
-        a.append(int(pipeline.decode(["a"], torch.tensor([[a[-1]]])).argmax(-1)))
-    b = [int(pipeline.prefill(["b"], torch.tensor([PROMPTS[3]])).argmax(-1))]
+        a.append(int(pipeline.decode(["a"], np.array([[a[-1]]])).argmax(-1)))
+    b = [int(pipeline.prefill(["b"], np.array([PROMPTS[3]])).argmax(-1))]
     for _ in range(7):
-        logits = pipeline.decode(["b", "a"], torch.tensor([[b[-1]], [a[-1]]]))
+        logits = pipeline.decode(["b", "a"], np.array([[b[-1]], [a[-1]]]))
         b.append(int(logits[0].argmax()))
         a.append(int(logits[1].argmax()))
     assert a == a_ref[:13] and b == b_ref
@@ -133,11 +133,11 @@ def test_chunked_prefill_and_spans(reference):
     whole = MlxShardRunner(path, 0, 8)
     outputs = []
     for chunk in (PROMPT[:7], PROMPT[7:16], PROMPT[16:]):
-        hidden = whole.prefill(["chunked"], torch.tensor([chunk]), span=(0, 5))
-        outputs.append(whole.prefill(["chunked-rest"], hidden, all_positions=True, span=(5, 8))[0])
-    torch.testing.assert_close(torch.cat(outputs), ref_logits, rtol=1e-4, atol=1e-4)
+        hidden = whole.prefill(["chunked"], np.array([chunk]), span=(0, 5))
+        outputs.append(whole.to_numpy(whole.prefill(["chunked-rest"], hidden, all_positions=True, span=(5, 8)))[0])
+    np.testing.assert_allclose(np.concatenate(outputs), ref_logits, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="not inside"):
-        MlxShardRunner(path, 2, 4).prefill(["x"], torch.zeros(1, 1, 64), span=(1, 4))
+        MlxShardRunner(path, 2, 4).prefill(["x"], np.zeros((1, 1, 64), np.float32), span=(1, 4))
 
 
 def test_shard_holds_only_its_layers(make_checkpoint):
@@ -157,8 +157,8 @@ def test_shard_holds_only_its_layers(make_checkpoint):
 
 def test_release_frees_caches_and_unknown_requests_are_refused(make_checkpoint):
     runner = MlxShardRunner(make_checkpoint("llama"), 0, 8)
-    runner.prefill(["r"], torch.tensor([PROMPTS[2]]))
+    runner.prefill(["r"], np.array([PROMPTS[2]]))
     assert runner.cache.bytes_held() == len(PROMPTS[2]) * 2 * 8 * 2 * 16 * 4
     assert runner.release_idle(max_idle_s=3600) == [] and runner.release("r") and not runner.release("r")
     with pytest.raises(KeyError, match="never prefilled or released"):
-        runner.decode(["r"], torch.tensor([[1]]))
+        runner.decode(["r"], np.array([[1]]))

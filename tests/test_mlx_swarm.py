@@ -1,6 +1,7 @@
 """A mixed swarm: a torch node and an MLX node (real processes over Lattica on loopback, inside a
 private network namespace under tests/run.sh) each serve part of the model, hidden states cross
-from one backend to the other on the wire, and the answer is what `potluck generate` prints."""
+from one backend to the other on the wire, and the answer is what `potluck generate` prints. The
+MLX node runs as on a Mac, where torch is not installed (issue 8): `import torch` fails in it."""
 
 import json
 import subprocess
@@ -16,6 +17,7 @@ if mlx_import_error():
 
 from openai import OpenAI
 
+from tests.no_torch import env_without_torch
 from tests.swarm_processes import NodeProcess, all_ready
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
@@ -38,7 +40,7 @@ def swarm(tmp_path_factory, checkpoint):
     nodes = [host]
     try:
         nodes.append(NodeProcess(root / "mlx", "--join", host.multiaddr, "--max-memory", MEMORY_GB,
-                                 "--backend", "mlx"))
+                                 "--backend", "mlx", env=env_without_torch(root / "no-torch")))
         host.wait_for(lambda s: all_ready(s, 2), "the torch and the MLX node serving every layer")
         yield nodes
     finally:

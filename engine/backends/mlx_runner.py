@@ -7,10 +7,11 @@ the shard's tensors are read from the same safetensors files the torch backend r
 lazy too), passed through the family's `sanitize` (which, for example, stacks per-expert MoE
 tensors). Each request has its own mlx-lm KVCache per layer (mlx_kv_cache.py).
 
-The contract is TorchShardRunner's, so LocalPipeline and the swarm stage use either: inputs and
-outputs are CPU torch tensors, the engine's common currency (the sampler and the stage speak
-torch). They cross to and from MLX through numpy with an explicit dtype; bfloat16, which numpy
-lacks, crosses as its raw 16-bit words, as it does on the wire.
+The contract is TorchShardRunner's, so LocalPipeline and the swarm stage use either: inputs are
+numpy arrays (the engine's common currency, engine.backends.host) or MLX arrays, outputs are MLX
+arrays, and `to_numpy` brings one to the host; bfloat16, which numpy lacks, crosses as its raw
+16-bit words, as it does on the wire. Nothing here needs torch (a Mac installs none; transformers,
+which mlx-lm uses, imports it only where it is installed).
 """
 
 from __future__ import annotations
@@ -22,14 +23,13 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-import torch
 
+from engine.backends.host import BFLOAT16_WORDS
 from engine.backends.mlx_device import MLX_DTYPES, pick_mlx_device, pick_mlx_dtype
 from engine.backends.mlx_kv_cache import RequestCaches
 from engine.model.checkpoint import Checkpoint, damaged
 from engine.model.errors import CheckpointError
 
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.")
 
 
@@ -44,7 +44,6 @@ class MlxShardRunner:
         self.device = pick_mlx_device(device)
         self.dtype_name = pick_mlx_dtype(dtype, self.spec.dtype, self.device)
         self.mx_dtype = MLX_DTYPES[self.dtype_name]
-        self.dtype = TORCH_DTYPES[self.dtype_name]  # what the stage builds its input batches in
 
         with mx.stream(self.device):
             self.shard = load_shard(self.checkpoint, start, end, self.mx_dtype)
@@ -55,8 +54,8 @@ class MlxShardRunner:
 
     # ---- requests ----
 
-    def prefill(self, request_ids: list[str], inputs: torch.Tensor, lengths: list[int] | None = None,
-                all_positions: bool = False, span: tuple[int, int] | None = None) -> torch.Tensor:
+    def prefill(self, request_ids: list[str], inputs: mx.array | np.ndarray, lengths: list[int] | None = None,
+                all_positions: bool = False, span: tuple[int, int] | None = None) -> mx.array:
         """As TorchShardRunner.prefill: token ids [B, T] on the first shard or hidden states
         [B, T, H], right-padded, each row's real length in `lengths`. Returns hidden states
         [B, T, H] in this shard's dtype, or on the last shard float32 logits [B, V] at each row's
@@ -66,7 +65,8 @@ class MlxShardRunner:
                 self.cache.add(rid)
         return self._forward(request_ids, inputs, lengths, all_positions, span)
 
-    def decode(self, request_ids: list[str], inputs: torch.Tensor, span: tuple[int, int] | None = None) -> torch.Tensor:
+    def decode(self, request_ids: list[str], inputs: mx.array | np.ndarray,
+               span: tuple[int, int] | None = None) -> mx.array:
         """One step for requests that were prefilled: inputs [B, 1] token ids or [B, 1, H] hidden."""
         unknown = [rid for rid in request_ids if rid not in self.cache]
         if unknown:
@@ -85,6 +85,12 @@ class MlxShardRunner:
         for rid in idle:
             self.release(rid)
         return idle
+
+    def to_numpy(self, output: mx.array, dtype: str | None = None) -> np.ndarray:
+        """An output of this runner as a numpy array, converted to the named dtype if given
+        (bfloat16 as uint16 words)."""
+        with mx.stream(self.device):
+            return array_to_numpy(output.astype(MLX_DTYPES[dtype]) if dtype else output)
 
     # ---- the forward pass ----
 
@@ -117,7 +123,7 @@ class MlxShardRunner:
             self.cache.abort(request_ids)  # lengths stay as they were: the step never happened
             raise
         self.cache.end(request_ids, lengths)
-        return to_torch(out)
+        return out
 
     def _logits(self, hidden: mx.array, lengths: list[int], all_positions: bool) -> mx.array:
         if not all_positions:
@@ -260,20 +266,19 @@ def _local_name(key: str, start: int) -> str:
     return key.removeprefix("model.")
 
 
-# ---- crossing between torch and MLX ----
+# ---- crossing between numpy and MLX ----
 
-def to_mlx(tensor) -> mx.array:
-    """A CPU torch tensor (or numpy array) as an MLX array with the same dtype and values."""
-    if isinstance(tensor, np.ndarray):
-        return mx.array(tensor)
-    tensor = tensor.detach().to("cpu").contiguous()
-    if tensor.dtype == torch.bfloat16:
-        return mx.array(tensor.view(torch.int16).numpy()).view(mx.bfloat16)
-    return mx.array(tensor.numpy())
+def to_mlx(array: mx.array | np.ndarray) -> mx.array:
+    """A numpy array (a uint16 one holds bfloat16 words) as an MLX array with the same values."""
+    if isinstance(array, mx.array):
+        return array
+    if array.dtype == BFLOAT16_WORDS:
+        return mx.array(array).view(mx.bfloat16)
+    return mx.array(array)
 
 
-def to_torch(array: mx.array) -> torch.Tensor:
-    """An MLX array as a CPU torch tensor with the same dtype and values."""
+def array_to_numpy(array: mx.array) -> np.ndarray:
+    """An MLX array as a numpy array with the same values; bfloat16 as uint16 words."""
     if array.dtype == mx.bfloat16:
-        return torch.from_numpy(np.array(array.view(mx.int16))).view(torch.bfloat16)
-    return torch.from_numpy(np.array(array))
+        return np.asarray(array.view(mx.uint16))
+    return np.asarray(array)

@@ -12,12 +12,14 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from engine.backends.cpu_linear import pack_linears
+from engine.backends.host import BFLOAT16_WORDS
 from engine.backends.kv_cache import SlotKVCache
-from engine.backends.torch_device import pick_device, pick_dtype
+from engine.backends.torch_device import DTYPES, pick_device, pick_dtype
 from engine.model.checkpoint import Checkpoint, damaged, open_safetensors
 from engine.model.errors import CheckpointError
 
@@ -35,6 +37,7 @@ class TorchShardRunner:
         self.is_first, self.is_last = start == 0, end == self.spec.num_layers
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.spec.dtype, self.device)
+        self.dtype_name = str(self.dtype).removeprefix("torch.")
 
         model = _load_shard(self.checkpoint, start, end, self.device, self.dtype)
         inner = model.model
@@ -56,14 +59,16 @@ class TorchShardRunner:
 
     # ---- requests ----
 
-    def prefill(self, request_ids: list[str], inputs: torch.Tensor, lengths: list[int] | None = None,
+    def prefill(self, request_ids: list[str], inputs: torch.Tensor | np.ndarray, lengths: list[int] | None = None,
                 all_positions: bool = False, span: tuple[int, int] | None = None) -> torch.Tensor:
         """Append tokens to requests (new ones get a fresh cache) and run them through the shard.
 
         inputs: token ids [B, T] on the first shard, hidden states [B, T, H] on the others, right-
-        padded; lengths gives each row's real length (default: all T). Returns hidden states
-        [B, T, H], or on the last shard the logits [B, V] at each row's last real position
-        ([B, T, V] at every position with all_positions).
+        padded, as torch tensors or numpy arrays (engine.backends.host: a uint16 array holds
+        bfloat16 words); lengths gives each row's real length (default: all T). Returns hidden
+        states [B, T, H] on the shard's device, or on the last shard the float32 logits [B, V] at
+        each row's last real position ([B, T, V] at every position with all_positions);
+        `to_numpy` brings them to the host.
 
         span: run only global layers [lo, hi) of this shard (a route may enter or leave a shard
         mid-way); a request must use the same span at every step.
@@ -73,7 +78,8 @@ class TorchShardRunner:
                 self.cache.add(rid)
         return self._forward(request_ids, inputs, lengths, all_positions, span)
 
-    def decode(self, request_ids: list[str], inputs: torch.Tensor, span: tuple[int, int] | None = None) -> torch.Tensor:
+    def decode(self, request_ids: list[str], inputs: torch.Tensor | np.ndarray,
+               span: tuple[int, int] | None = None) -> torch.Tensor:
         """One step for requests that were prefilled: inputs [B, 1] token ids or [B, 1, H] hidden."""
         unknown = [rid for rid in request_ids if rid not in self.cache]
         if unknown:
@@ -83,6 +89,11 @@ class TorchShardRunner:
     def release(self, request_id: str) -> bool:
         """Free a request's KV cache (finished, aborted or timed out). False if it had none."""
         return self.cache.release(request_id)
+
+    def to_numpy(self, output: torch.Tensor, dtype: str | None = None) -> np.ndarray:
+        """An output of this runner as a numpy array on the host, converted to the named dtype if
+        given (bfloat16 as uint16 words). No copy for a CPU tensor already in that dtype."""
+        return tensor_to_numpy(output, DTYPES[dtype] if dtype else None)
 
     def release_idle(self, max_idle_s: float) -> list[str]:
         idle = self.cache.idle_requests(max_idle_s)
@@ -102,6 +113,8 @@ class TorchShardRunner:
         if batch != len(request_ids):
             raise ValueError(f"{batch} input rows for {len(request_ids)} requests")
         lengths = lengths or [new] * batch
+        if isinstance(inputs, np.ndarray):
+            inputs = tensor_from_numpy(inputs)
         if embeds:
             hidden = self.embed(inputs.to(self.device))
         else:
@@ -146,6 +159,21 @@ class TorchShardRunner:
         if window is not None:
             visible &= keys[None, None, :] > positions[:, :, None] - window
         return visible[:, None]
+
+
+def tensor_from_numpy(array: np.ndarray) -> torch.Tensor:
+    """A numpy array as a CPU tensor sharing its memory; a uint16 array is read as bfloat16 words."""
+    if array.dtype == BFLOAT16_WORDS:
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+def tensor_to_numpy(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> np.ndarray:
+    """A tensor as a numpy array on the host (in dtype, if given); bfloat16 as uint16 words."""
+    tensor = tensor.detach().to("cpu", dtype or tensor.dtype)
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(BFLOAT16_WORDS)
+    return tensor.numpy()
 
 
 def _window(config, layer, index: int) -> int | None:

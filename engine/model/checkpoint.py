@@ -45,7 +45,7 @@ class Checkpoint:
             )
         weight_map = {}
         for file in files:
-            with open_safetensors(file) as handle:
+            with open_safetensors(file, framework="numpy") as handle:  # names only: no torch needed
                 weight_map.update(dict.fromkeys(handle.keys(), file.name))
         return weight_map
 

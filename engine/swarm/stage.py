@@ -13,8 +13,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import torch
+import numpy as np
 
+from engine.backends.host import HOST_DTYPES
 from engine.sampling import Sampler, SamplingParams, sample
 from engine.swarm.protocol import (MAX_PREFILL_TOKENS, Hop, check_tokens, parse_route, parse_sampling,
                                    sampling_body)
@@ -23,8 +24,6 @@ from engine.swarm.wire import Message, Tensor, WireError
 
 log = logging.getLogger(__name__)
 
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-WIRE_DTYPES = {v: k for k, v in TORCH_DTYPES.items()}
 
 
 @dataclass
@@ -50,17 +49,20 @@ class Work:
     request_id: str
     kind: str
     step: int
-    inputs: torch.Tensor  # [T] token ids, or [T, H] hidden states
+    inputs: np.ndarray  # [T] int64 token ids, or [T, H] hidden states in the wire dtype (engine.backends.host)
 
 
 class StageWorker:
     """wire_dtype: the swarm-wide dtype of hidden states between stages (the host's choice); each
-    stage computes in its own dtype and converts at its edges."""
+    stage computes in its own dtype and converts at its edges.
+
+    Backend-neutral: inputs go to the runner as numpy arrays and its outputs come back through
+    runner.to_numpy, so an MLX node runs this without torch."""
 
     def __init__(self, runner, send, peer_id: str, wire_dtype: str | None = None, idle_timeout_s: float = 300.0):
         self.runner, self.send, self.peer_id = runner, send, peer_id
         self.spec = runner.spec
-        self.wire_dtype = wire_dtype or WIRE_DTYPES[runner.dtype]
+        self.wire_dtype = wire_dtype or runner.dtype_name
         self.idle_timeout_s = idle_timeout_s
         self.requests: dict[str, StageRequest] = {}
         self.served_tokens = 0
@@ -105,13 +107,13 @@ class StageWorker:
             self.requests[rid] = state
         self._queue.put(Work(rid, kind, step, inputs))
 
-    def _inputs(self, message: Message, state: StageRequest, kind: str) -> torch.Tensor:
+    def _inputs(self, message: Message, state: StageRequest, kind: str) -> np.ndarray:
         one = 1 if kind == "decode" else None
         if state.span[0] == 0:
             tokens = check_tokens(message.body.get("tokens"), self.spec, exactly=one)
             if message.tensors:
                 raise WireError("the first stage takes token ids, not tensors")
-            return torch.tensor(tokens, dtype=torch.long)
+            return np.array(tokens, dtype=np.int64)
         hidden = message.tensors.get("hidden")
         if hidden is None or len(message.tensors) != 1:
             raise WireError("this stage takes exactly one tensor, 'hidden'")
@@ -122,7 +124,7 @@ class StageWorker:
                             f"{MAX_PREFILL_TOKENS}, got {list(hidden.shape)}")
         if one and hidden.shape[0] != 1:
             raise WireError("a decode step carries the hidden state of exactly 1 token")
-        return torch.frombuffer(bytearray(hidden.data), dtype=TORCH_DTYPES[hidden.dtype]).reshape(hidden.shape)
+        return np.frombuffer(hidden.data, dtype=HOST_DTYPES[hidden.dtype]).reshape(hidden.shape)
 
     def utilization(self) -> float:
         """Busy fraction of the model thread since the last call (heartbeats call it)."""
@@ -134,7 +136,7 @@ class StageWorker:
     def release(self, request_id: str) -> bool:
         with self._lock:
             known = self.requests.pop(request_id, None) is not None
-        self._queue.put(Work(request_id, "release", 0, torch.empty(0)))
+        self._queue.put(Work(request_id, "release", 0, np.empty(0)))
         return known
 
     def close(self) -> None:
@@ -194,7 +196,7 @@ class StageWorker:
         width = max(lengths)
         first = span[0] == 0
         shape = (len(works), width) if first else (len(works), width, self.spec.hidden_size)
-        inputs = torch.zeros(shape, dtype=torch.long if first else self.runner.dtype)
+        inputs = np.zeros(shape, dtype=np.int64 if first else HOST_DTYPES[self.wire_dtype])
         for row, work in enumerate(works):
             inputs[row, :lengths[row]] = work.inputs
         if kind == "prefill":
@@ -203,22 +205,22 @@ class StageWorker:
             out = self.runner.decode(ids, inputs, span=span)
         self.served_tokens += sum(lengths)
         if span[1] == self.spec.num_layers:
-            self._emit_tokens(works, out)
+            self._emit_tokens(works, self.runner.to_numpy(out))
         else:
-            out = out.to("cpu", TORCH_DTYPES[self.wire_dtype]).contiguous()
+            out = self.runner.to_numpy(out, self.wire_dtype)
             for row, work in enumerate(works):
                 state = self.requests.get(work.request_id)
                 if state is None:
                     continue
-                rows = out[row, :lengths[row]].contiguous()
-                hidden = Tensor(self.wire_dtype, tuple(rows.shape), rows.view(torch.uint8).numpy().tobytes())
+                rows = out[row, :lengths[row]]
+                hidden = Tensor(self.wire_dtype, rows.shape, rows.tobytes())
                 nxt = state.route[state.hop + 1]
                 self._push(work.request_id, nxt.peer_id, {
                     "request_id": work.request_id, "origin": state.origin, "kind": kind, "step": work.step,
                     "route": [[h.peer_id, h.start, h.end] for h in state.route], "hop": state.hop + 1,
                     **({"sampling": sampling_body(state.sampling)} if kind == "prefill" else {})}, {"hidden": hidden})
 
-    def _emit_tokens(self, works: list[Work], logits: torch.Tensor) -> None:
+    def _emit_tokens(self, works: list[Work], logits: np.ndarray) -> None:
         states = [self.requests.get(w.request_id) for w in works]
         live = [(w, s, row) for row, (w, s) in enumerate(zip(works, states)) if s is not None]
         tokens = sample(logits[[row for _, _, row in live]], [s.sampler for _, s, _ in live])
