@@ -2,11 +2,13 @@
 
     python installers/build.py                      # the installers of this computer's OS
     python installers/build.py --stage-only         # only write the Briefcase project (no internet)
-    python installers/build.py --dev-test           # run `briefcase dev --test` on the staged project
+    python installers/build.py --dev-setup          # make `briefcase dev`'s environment (package index)
+    python installers/build.py --dev-test           # ... and run `briefcase dev --test` in it
 
 Options: --platform auto|macOS|windows|linux, --format FMT (repeatable: dmg|pkg|zip on macOS,
 msi|zip on Windows, deb|rpm|flatpak on Linux), --torch cuda|cpu, --pin REQUIREMENT (repeatable,
-e.g. --pin torch==2.13.0), --verbose.
+e.g. --pin torch==2.13.0), --pin-installed NAME (pin NAME to the version this Python has),
+--no-install (with --dev-test: never install, exit 3 when the environment is not ready), --verbose.
 
 Briefcase reads only pyproject.toml, so this driver reads briefcase.toml (the packaging settings)
 and pyproject.toml (version, description, licence, dependencies, launcher), checks them, and writes
@@ -25,16 +27,25 @@ to dist/: a .dmg on macOS (signed and notarised with $POTLUCK_MACOS_IDENTITY, ad
 an .msi on Windows (signed with $POTLUCK_WINDOWS_IDENTITY when set), a .deb and an .rpm on Linux
 (built in Docker images of the target distributions). create/build/package download Briefcase's
 templates and Python support packages, so they need the internet.
+
+`briefcase dev` needs only the package index, and only to make its environment (a virtual
+environment in the stage folder's .briefcase/). --dev-setup makes it and records what it was made
+from; later runs reuse it while the requirements are unchanged, so --dev-test (and
+tests/test_briefcase_dev.py, inside tests/run.sh's network namespace) run without any network.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.machinery
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -63,8 +74,9 @@ DRIVER_LINUX_KEYS = {"deb_target", "rpm_target"}
 BUNDLE_RE = re.compile(r"[a-zA-Z][a-zA-Z0-9-]*(\.[a-zA-Z][a-zA-Z0-9-]*)+")
 APP_NAME_RE = re.compile(r"[a-z][a-z0-9_]*")
 RESOURCES_PACKAGE = "potluck_resources"
-BRIEFCASE_TESTS = ("test_installers.py",)  # run by the test entry, keyword "installed"
+BRIEFCASE_TESTS = ("test_installers.py",)  # run by the test entry, the tests named test_installed_*
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".DS_Store")
+DEV_NOT_READY = 3  # exit status of --dev-test --no-install when --dev-setup has not made the environment
 
 
 class ConfigError(Exception):
@@ -211,9 +223,10 @@ def _check_driver(driver: dict, name: str, root: Path) -> dict:
 # ---- the staged Briefcase project ----
 
 def stage(config: dict, root: Path = ROOT, stage_dir: Path | None = None, torch: str = "cuda",
-          pins: list[str] = ()) -> Path:
+          pins: list[str] = (), dev: bool = False) -> Path:
     """Write the Briefcase project; returns its folder. Briefcase's own build/ dist/ and .briefcase/
-    folders inside it are kept (so `briefcase dev` reuses its environment); everything else is new."""
+    folders inside it are kept (so `briefcase dev` reuses its environment); everything else is new.
+    dev: the project is for `briefcase dev` only (see staged_pyproject)."""
     stage_dir = Path(stage_dir or root / config["driver"]["stage_dir"])
     stage_dir.mkdir(parents=True, exist_ok=True)
     for old in ("src", "icons", "pyproject.toml"):
@@ -234,13 +247,22 @@ def stage(config: dict, root: Path = ROOT, stage_dir: Path | None = None, torch:
         write_icons(root / app["icon"], stage_dir / "icons", name=app_name)
     except IconError as exc:
         raise ConfigError(str(exc)) from None
-    pyproject = staged_pyproject(config, licence_files, torch=torch, pins=pins)
-    (stage_dir / "pyproject.toml").write_text(_toml_text(pyproject), encoding="utf-8")
+    pyproject = staged_pyproject(config, licence_files, torch=torch, pins=pins, dev=dev)
+    (stage_dir / "pyproject.toml").write_text(_toml_text(pyproject, dev=dev), encoding="utf-8")
     return stage_dir
 
 
-def staged_pyproject(config: dict, licence_files: list[str], torch: str = "cuda", pins: list[str] = ()) -> dict:
-    """The pyproject.toml data Briefcase reads: our [project] plus the merged [tool.briefcase]."""
+def staged_pyproject(config: dict, licence_files: list[str], torch: str = "cuda", pins: list[str] = (),
+                     dev: bool = False) -> dict:
+    """The pyproject.toml data Briefcase reads: our [project] plus the merged [tool.briefcase].
+
+    dev=True leaves out every `system_runtime_requires` (the Linux packages the installed app
+    depends on, such as Qt's xcb libraries). On Linux `briefcase dev` refuses to install the
+    requirements unless all of them are installed on this computer (it checks system_requires and
+    system_runtime_requires with dpkg/rpm), yet under `briefcase dev` the app runs on this computer's
+    own Python with PySide6's wheel, which carries Qt, and its tests run headless (offscreen): those
+    packages are what the .deb/.rpm must pull in for a desktop, not what the dev environment uses.
+    system_requires (needed to build wheels) stays, and so does Briefcase's own base list."""
     import copy
 
     app_name = config["app_name"]
@@ -261,7 +283,28 @@ def staged_pyproject(config: dict, licence_files: list[str], torch: str = "cuda"
         raise ConfigError(f"--torch {torch!r}: choose cuda or cpu.")
     for pin in pins:
         _apply_pin(pin, project, app)
+    if dev:
+        _drop_key(app, "system_runtime_requires")
     return {"project": project, "tool": {"briefcase": briefcase}}
+
+
+def _drop_key(table: dict, key: str) -> None:
+    table.pop(key, None)
+    for value in table.values():
+        if isinstance(value, dict):
+            _drop_key(value, key)
+
+
+def installed_pin(name: str) -> str:
+    """NAME==<the version installed in this Python>, without a local label (2.13.0+cpu -> 2.13.0)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        installed = version(name)
+    except PackageNotFoundError:
+        raise ConfigError(f"--pin-installed {name}: {name} is not installed in this Python ({sys.executable}); "
+                          f"install it or give the version with --pin {name}==VERSION.") from None
+    return f"{name}=={installed.split('+', 1)[0]}"
 
 
 def _apply_pin(pin: str, project: dict, app: dict) -> None:
@@ -365,7 +408,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 
 if __name__ == "__main__":
-    args = [*(str(HERE / name) for name in ({files},)), "-k", "installed", "-v", "-rA",
+    args = [*(str(HERE / name) for name in ({files},)), "-k", "test_installed_", "-v", "-rA",
             "-p", "no:cacheprovider", "-c", str(HERE / "pytest.ini"), "--rootdir", str(HERE), *sys.argv[1:]]
     code = pytest.main(args)
     print(f">>>>>>>>>> EXIT {{code}} <<<<<<<<<<", flush=True)
@@ -385,14 +428,18 @@ def _stage_licences(config: dict, root: Path, stage_dir: Path) -> list[str]:
     return [Path(name).name for name in names]
 
 
-def _toml_text(data: dict) -> str:
+def _toml_text(data: dict, dev: bool = False) -> str:
     try:
         import tomli_w
     except ImportError:
         raise BuildError("tomli_w is missing: install Briefcase first (`python -m pip install briefcase==0.4.7` "
                          "brings it).") from None
     header = ("# Generated by installers/build.py from briefcase.toml and pyproject.toml: do not edit; "
-              "edit those and rerun it.\n\n")
+              "edit those and rerun it.\n")
+    if dev:
+        header += ("# For `briefcase dev` only: without system_runtime_requires (see staged_pyproject in "
+                   "installers/build.py).\n")
+    header += "\n"
     return header + tomli_w.dumps(data, multiline_strings=True)
 
 
@@ -478,18 +525,114 @@ def build(config: dict, stage_dir: Path, platform: str, formats: list[str], verb
     return made
 
 
+# ---- `briefcase dev`: its environment and its test mode ----
+
+DEV_STAMP = "installers-dev-setup.json"  # in the environment's folder: what --dev-setup made it from
+
+
+def dev_venv(config: dict, stage_dir: Path) -> Path:
+    """Where `briefcase dev` keeps its virtual environment: .briefcase/<app>/venv-dev.<tag>, with
+    the tag of this Python's extension modules (Briefcase's DevCommand.venv_name)."""
+    tag = importlib.machinery.EXTENSION_SUFFIXES[0].split(".")[1]
+    return stage_dir / ".briefcase" / config["app_name"] / f"venv-dev.{tag}"
+
+
+def dev_fingerprint(stage_dir: Path) -> str:
+    """What the dev environment is made from: the staged pyproject.toml (requirements, pins, installer
+    arguments, test requirements) and the Python and Briefcase that make it."""
+    import briefcase
+
+    digest = hashlib.sha256()
+    for part in (sys.executable, sys.version, briefcase.__version__,
+                 (stage_dir / "pyproject.toml").read_text(encoding="utf-8")):
+        digest.update(part.encode("utf-8") + b"\0")
+    return digest.hexdigest()
+
+
+def dev_ready(config: dict, stage_dir: Path) -> bool:
+    """Whether --dev-setup made the environment from what is staged now. If so, puts back the app's
+    metadata (src/<app>.dist-info, which Briefcase writes only when it installs, and restaging removes)."""
+    venv = dev_venv(config, stage_dir)
+    try:
+        record = json.loads((venv / DEV_STAMP).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if record.get("fingerprint") != dev_fingerprint(stage_dir) or not (venv / "pyvenv.cfg").is_file():
+        return False
+    for name, text in record.get("dist_info", {}).items():
+        path = stage_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return True
+
+
+def record_dev_setup(config: dict, stage_dir: Path) -> None:
+    """Note in the environment what it was made from, with the app metadata Briefcase wrote."""
+    dist_info = {path.relative_to(stage_dir).as_posix(): path.read_text(encoding="utf-8")
+                 for path in sorted((stage_dir / "src").glob("*.dist-info/*")) if path.is_file()}
+    (dev_venv(config, stage_dir) / DEV_STAMP).write_text(
+        json.dumps({"fingerprint": dev_fingerprint(stage_dir), "dist_info": dist_info}, indent=1), encoding="utf-8")
+
+
+def dev_setup(config: dict, stage_dir: Path, verbose: bool = False) -> str:
+    """Make `briefcase dev`'s environment with `briefcase dev --no-run` (it installs the requirements
+    from the package index), unless the one there was made from the same requirements. Briefcase's
+    output goes to logs/dev-setup.log in the stage folder; returns a line that says what happened."""
+    venv = dev_venv(config, stage_dir)
+    if dev_ready(config, stage_dir):
+        return f"briefcase dev environment reused (requirements unchanged): {_shown(venv)}"
+    (venv / DEV_STAMP).unlink(missing_ok=True)
+    log = stage_dir / "logs" / "dev-setup.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"installers/build.py: making briefcase dev's environment from the package index (log: {_shown(log)})",
+          flush=True)
+    command = [sys.executable, "-m", "briefcase", "dev", "--no-run", "--no-input", *(["-v"] if verbose else [])]
+    started = time.monotonic()
+    with log.open("w", encoding="utf-8") as out:
+        out.write(f"$ {' '.join(command)}\n")
+        out.flush()
+        code = subprocess.run(command, cwd=stage_dir, env=_dev_env(stage_dir), stdout=out, stderr=subprocess.STDOUT,
+                              check=False).returncode
+    if code:
+        tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-25:])
+        raise BuildError(f"briefcase dev --no-run failed (exit status {code}); the end of {_shown(log)}:\n{tail}")
+    if not (venv / "pyvenv.cfg").is_file():
+        raise BuildError(f"briefcase dev --no-run finished but left no environment at {venv}: does briefcase.toml "
+                         "set another env_manager? (see dev_venv in installers/build.py)")
+    record_dev_setup(config, stage_dir)
+    return f"briefcase dev environment made in {time.monotonic() - started:.0f} s: {_shown(venv)}"
+
+
 def dev_test(stage_dir: Path, verbose: bool = False) -> None:
-    """`briefcase dev --test`: install the requirements into Briefcase's dev environment (kept in
-    the stage folder's .briefcase/ between runs; -r refreshes it) and run the test entry."""
-    _run([sys.executable, "-m", "briefcase", "dev", "--test", "-r", "--no-input", *(["-v"] if verbose else [])],
-         cwd=stage_dir, what="briefcase dev --test")
+    """`briefcase dev --test` in the environment that dev_setup made (no -r: it installs nothing, so
+    it needs no network): runs the test entry, i.e. the test_installed_* tests, on the staged code."""
+    _run([sys.executable, "-m", "briefcase", "dev", "--test", "--no-input", *(["-v"] if verbose else [])],
+         cwd=stage_dir, what="briefcase dev --test", env=_dev_env(stage_dir))
 
 
-def _run(command: list[str], cwd: Path, what: str, show: bool = True) -> None:
+def _dev_env(stage_dir: Path) -> dict:
+    """Briefcase makes its data folder (~/.cache/briefcase) on every start; `briefcase dev` keeps
+    nothing there, so it gets one inside the stage folder. Briefcase refuses a path with a space."""
+    env = dict(os.environ)
+    home = stage_dir.resolve() / ".briefcase" / "home"
+    if "BRIEFCASE_HOME" not in env and " " not in str(home):
+        home.mkdir(parents=True, exist_ok=True)
+        env["BRIEFCASE_HOME"] = str(home)
+    return env
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _run(command: list[str], cwd: Path, what: str, show: bool = True, env: dict | None = None) -> None:
     if show:
         print(f"$ {' '.join(command)}", flush=True)
     try:
-        subprocess.run(command, cwd=cwd, check=True)
+        subprocess.run(command, cwd=cwd, check=True, env=env)
     except FileNotFoundError:
         raise BuildError(f"{what} failed: {command[0]} is not installed.") from None
     except subprocess.CalledProcessError as exc:
@@ -510,13 +653,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="torch build for Linux and Windows (default cuda; cpu makes a small installer)")
     parser.add_argument("--pin", action="append", default=[], metavar="REQ",
                         help="replace a requirement of the same name, e.g. --pin torch==2.13.0")
+    parser.add_argument("--pin-installed", action="append", default=[], metavar="NAME",
+                        help="pin NAME to the version installed in this Python (without a local label such as "
+                             "+cpu), e.g. --pin-installed torch")
     parser.add_argument("--config", type=Path, default=None, help="packaging settings (default: briefcase.toml)")
     parser.add_argument("--stage-dir", type=Path, default=None, help="where to write the Briefcase project")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--stage-only", action="store_true", help="write the Briefcase project and stop")
-    mode.add_argument("--dev-test", action="store_true", help="then run `briefcase dev --test` in it")
+    mode.add_argument("--dev-setup", action="store_true",
+                      help="then make `briefcase dev`'s environment (package index), or reuse it if its "
+                           "requirements are unchanged")
+    mode.add_argument("--dev-test", action="store_true",
+                      help="as --dev-setup, then run `briefcase dev --test` in that environment")
+    parser.add_argument("--no-install", action="store_true",
+                        help=f"with --dev-test: install nothing (no network); exit {DEV_NOT_READY} when "
+                             "--dev-setup has not made the environment for these requirements")
     parser.add_argument("--verbose", action="store_true", help="Briefcase's verbose output")
     args = parser.parse_args(argv)
+    if args.no_install and not args.dev_test:
+        parser.error("--no-install goes with --dev-test.")
     args.platform = HOST_PLATFORM.get(sys.platform, "linux") if args.platform == "auto" else args.platform
     args.formats = args.formats or list(DEFAULT_FORMATS[args.platform])
     for fmt in args.formats:
@@ -528,16 +683,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    dev = args.dev_setup or args.dev_test
     try:
         config = load_config(ROOT, args.config)
-        if not (args.stage_only or args.dev_test):
+        if not (args.stage_only or dev):
             check_build_host(args.platform, config)
-        stage_dir = stage(config, ROOT, args.stage_dir, torch=args.torch, pins=args.pin)
-        print(f"Staged the Briefcase project in {stage_dir}", flush=True)
+        pins = [*args.pin, *(installed_pin(name) for name in args.pin_installed)]
+        stage_dir = stage(config, ROOT, args.stage_dir, torch=args.torch, pins=pins, dev=dev)
+        if not dev:
+            print(f"Staged the Briefcase project in {_shown(stage_dir)}", flush=True)
         if args.stage_only:
             return 0
-        if args.dev_test:
-            dev_test(stage_dir, args.verbose)
+        if dev:
+            if not args.no_install:
+                print(f"installers/build.py: {dev_setup(config, stage_dir, args.verbose)}", flush=True)
+            elif not dev_ready(config, stage_dir):
+                print("installers/build.py: briefcase dev's environment is missing or was made from other "
+                      "requirements. Make it with `python installers/build.py --dev-setup` and the same --torch, "
+                      "--pin and --pin-installed options (it needs the package index).", file=sys.stderr)
+                return DEV_NOT_READY
+            if args.dev_test:
+                dev_test(stage_dir, args.verbose)
             return 0
         made = build(config, stage_dir, args.platform, args.formats, args.verbose)
     except (ConfigError, BuildError) as exc:
