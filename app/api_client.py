@@ -3,6 +3,9 @@
 `ChatStream` reads the node's server-sent events; `cancel()` may be called from another thread:
 it shuts the socket down so that a read blocked on it returns at once, and the node, whose next
 write fails, frees the request's caches along its route.
+
+httpx is imported when first used (it costs a tenth of a second, which the tray icon need not wait
+for); `warm_up()` imports it on a worker thread early.
 """
 
 from __future__ import annotations
@@ -11,10 +14,16 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
-CHAT_TIMEOUT = httpx.Timeout(connect=5.0, read=300.0, write=30.0, pool=5.0)  # the swarm may heal mid-answer
+CHAT_TIMEOUT = dict(connect=5.0, read=300.0, write=30.0, pool=5.0)  # httpx.Timeout: the swarm may heal mid-answer
+
+
+def warm_up() -> None:
+    import httpx  # noqa: F401
 
 
 class NodeUnavailable(Exception):
@@ -35,6 +44,8 @@ class ApiFailure(Exception):
 
 class NodeApi:
     def __init__(self, url: str, token: str, timeout: float = 10.0):
+        import httpx
+
         self.url, self.token = url.rstrip("/"), token
         self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"},
                                    timeout=timeout, trust_env=False)
@@ -67,6 +78,8 @@ class NodeApi:
         return ChatStream(self.client, body)
 
     def _call(self, method: str, path: str, **kwargs) -> dict:
+        import httpx
+
         try:
             response = self.client.request(method, path, **kwargs)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
@@ -99,8 +112,11 @@ class ChatStream:
             _shutdown(response)
 
     def __iter__(self) -> Iterator[dict]:
+        import httpx
+
         try:
-            with self._client.stream("POST", "/v1/chat/completions", json=self._body, timeout=CHAT_TIMEOUT) as resp:
+            with self._client.stream("POST", "/v1/chat/completions", json=self._body,
+                                     timeout=httpx.Timeout(**CHAT_TIMEOUT)) as resp:
                 with self._lock:
                     self._response = resp
                 if self.cancelled:

@@ -6,8 +6,8 @@ The chat window never knows where answers come from. A backend turns a conversat
 says what happened and what to do, in plain words.
 
 `SwarmChatBackend` asks the local node's OpenAI-compatible API (so the swarm answers). Solo mode
-(a whole GGUF model through llama.cpp, engine/backends/llama_cpp_solo.py) plugs in as another
-class with the same two methods.
+(a whole GGUF model through llama.cpp) is app/solo_backend.py's `SoloChatBackend`, with the same
+two methods.
 """
 
 from __future__ import annotations

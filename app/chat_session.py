@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
@@ -30,12 +31,15 @@ class ChatSession(QObject):
     changed = Signal()  # the conversation changed: re-render it
     busy_changed = Signal(bool)  # a turn started or ended
     turn_finished = Signal(str)  # "done", "stopped" or "failed"
+    answer_started = Signal()  # the first words of the current answer arrived
 
     def __init__(self, backend: ChatBackend | None = None, parent: QObject | None = None):
         super().__init__(parent)
         self.backend = backend
         self.conversation = Conversation()
         self.own_peer_id = ""  # routes show this peer as "this computer"
+        # what a failed turn offers (links under the problem, e.g. solo mode): the app decides
+        self.failure_offers: Callable[[], list[tuple[str, str]]] = lambda: []
         self._turn_id = 0
         self._stream = None
         self._relay = _Relay(self)
@@ -49,8 +53,14 @@ class ChatSession(QObject):
     def busy(self) -> bool:
         return self.conversation.current is not None
 
-    def set_backend(self, backend: ChatBackend) -> None:
+    def set_backend(self, backend: ChatBackend | None) -> None:
+        """Later turns go to this backend; a turn already streaming finishes where it started."""
         self.backend = backend
+
+    def last_failed_question(self) -> str | None:
+        """The question of the last turn if it failed (to ask it again elsewhere)."""
+        turns = self.conversation.turns
+        return turns[-1].question if turns and turns[-1].state == FAILED else None
 
     def send(self, text: str, options: ChatOptions) -> bool:
         text = text.strip()
@@ -113,7 +123,10 @@ class ChatSession(QObject):
         turn = self.conversation.current
         if turn_id != self._turn_id or turn is None:
             return
+        first = not turn.answer
         turn.answer += text
+        if first:
+            self.answer_started.emit()
         if not self._render.isActive():
             self._render.start()
 
@@ -132,11 +145,14 @@ class ChatSession(QObject):
         if turn_id != self._turn_id or turn is None:
             return
         self._stream = None
-        turn.state, turn.error = FAILED, message
-        self._end(FAILED)
+        self._fail(turn, message, "")
 
     def _fail(self, turn, what: str, todo: str) -> None:
         turn.state, turn.error = FAILED, f"{what} {todo}".strip()
+        try:
+            turn.offers = list(self.failure_offers())
+        except Exception:  # an offer is a nicety: never let it hide the problem
+            log.exception("could not compute what to offer")
         self._end(FAILED)
 
     def _end(self, how: str) -> None:

@@ -6,12 +6,31 @@ collapsed "Options" panel. The window has no logic of its own: ChatSession strea
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QColor, QKeyEvent, QTextBlockFormat, QTextCursor, QTextFormat
-from PySide6.QtWidgets import (QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton,
-                               QSpinBox, QTextBrowser, QToolButton, QVBoxLayout, QWidget)
+from PySide6.QtCore import Qt, QUrl, Signal
+from PySide6.QtGui import (
+    QColor,
+    QDesktopServices,
+    QKeyEvent,
+    QTextBlockFormat,
+    QTextCursor,
+    QTextFormat,
+)
+from PySide6.QtWidgets import (
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QSpinBox,
+    QTextBrowser,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from app.chat_backend import ChatOptions
+from app.conversation import LINK_SCHEME
 from app.icons import app_icon
 
 DEMO_NOTE = ("Demo model: it writes English-looking sentences, it is not an assistant. To chat with a real "
@@ -37,6 +56,7 @@ class ChatWindow(QWidget):
     stop_requested = Signal()
     new_chat_requested = Signal()
     options_changed = Signal(object)  # ChatOptions, to remember them
+    action_requested = Signal(str)  # a potluck: link under a problem was clicked ("solo", "settings")
 
     def __init__(self, options: ChatOptions | None = None):
         super().__init__()
@@ -52,7 +72,8 @@ class ChatWindow(QWidget):
         self.demo_note.hide()
 
         self.transcript = QTextBrowser()
-        self.transcript.setOpenExternalLinks(True)
+        self.transcript.setOpenLinks(False)  # web links open in the browser, potluck: links go to the app
+        self.transcript.anchorClicked.connect(self._link_clicked)
         self.transcript.setPlaceholderText("Ask the swarm anything. Enter sends, Shift+Enter starts a new line.")
 
         self.options_button = QToolButton(text="Options", checkable=True)
@@ -128,8 +149,12 @@ class ChatWindow(QWidget):
     def set_demo(self, demo: bool) -> None:
         self.demo_note.setVisible(demo)
 
-    def set_source(self, text: str) -> None:
+    def set_source(self, text: str, solo: bool = False) -> None:
+        """Where answers come from: the swarm, or (solo mode) a model file on this computer."""
         self.source.setText(text)
+        self.transcript.setPlaceholderText(
+            ("Ask the model on this computer anything." if solo else "Ask the swarm anything.")
+            + " Enter sends, Shift+Enter starts a new line.")
 
     def set_options(self, options: ChatOptions) -> None:
         widgets = (self.system_prompt, self.temperature, self.top_p, self.max_tokens)
@@ -162,6 +187,12 @@ class ChatWindow(QWidget):
             return
         self.input.clear()
         self.send_requested.emit(text, self.options())
+
+    def _link_clicked(self, url: QUrl) -> None:
+        if url.scheme() == LINK_SCHEME:
+            self.action_requested.emit(url.path())
+        elif url.scheme() in ("http", "https"):
+            QDesktopServices.openUrl(url)
 
     def _toggle_options(self, shown: bool) -> None:
         self.options_panel.setVisible(shown)

@@ -19,6 +19,7 @@ from pathlib import Path
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from app.api_client import ApiFailure, NodeApi, NodeUnavailable, StreamBroken
+from app.api_client import warm_up as api_warm_up
 from app.autostart import set_start_at_login
 from app.idle import idle_seconds, should_serve
 from app.node_process import NodeConfig, NodeProcess
@@ -81,6 +82,7 @@ class AppController(QObject):
     def start(self) -> None:
         self._start_node()
         self._poll_timer.start()
+        self.tasks.submit(api_warm_up)  # the node's API client, imported while the node starts
 
     @property
     def contributing_wanted(self) -> bool:

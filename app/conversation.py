@@ -1,7 +1,9 @@
 """A chat conversation as plain data, and how it reads on screen (Markdown).
 
 The chat window shows `Conversation.to_markdown()`; the next request sends `messages()`. Answers
-that failed or were stopped before any text stay on screen but are not sent back to the model.
+that failed or were stopped before any text stay on screen but are not sent back to the model. A
+problem may come with offers: links such as `potluck:solo` ("chat in solo mode instead") that the
+chat window hands back to the app.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 from app.chat_backend import Hop, TurnStats
 
 STREAMING, DONE, STOPPED, FAILED = "streaming", "done", "stopped", "failed"
+LINK_SCHEME = "potluck"  # links the app acts on itself: potluck:solo, potluck:settings
 
 
 @dataclass
@@ -22,6 +25,7 @@ class Turn:
     error: str | None = None  # what happened and what to do, in plain words
     stats: TurnStats | None = None
     footer: str = ""  # route and timings, filled when the answer ends
+    offers: list[tuple[str, str]] = field(default_factory=list)  # (action, words): links under a problem
 
 
 @dataclass
@@ -60,6 +64,9 @@ class Conversation:
                 parts.append("*Stopped.*")
             if turn.error:
                 parts.append(f"> **Problem:** {escape_markdown(turn.error)}")
+                if turn.offers:
+                    parts.append("> " + " · ".join(f"[{escape_markdown(words)}]({LINK_SCHEME}:{action})"
+                                                   for action, words in turn.offers))
             if turn.footer:
                 parts.append(f"*{escape_markdown(turn.footer)}*")
             parts.append("---")

@@ -1,5 +1,6 @@
 """The desktop app: a tray icon (or, without a tray, a main window), the chat, status and settings
-windows, all wired to one AppController.
+windows, all wired to one AppController. The chat answers from the swarm through the local node,
+or, in solo mode, from a GGUF model file on this computer (app/solo_backend.py), without the node.
 
 `PotluckApp` builds and wires everything without entering an event loop (tests drive it with
 pytest-qt); `run()` is the whole program: logging, single instance, QApplication, event loop.
@@ -16,6 +17,7 @@ from pathlib import Path
 from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtWidgets import QApplication, QSystemTrayIcon
 
+from app import bench_probe
 from app.chat_backend import ChatOptions, SwarmChatBackend
 from app.chat_session import ChatSession
 from app.chat_window import ChatWindow
@@ -25,6 +27,7 @@ from app.main_window import MainWindow
 from app.settings import Preferences
 from app.settings_dialog import SettingsDialog
 from app.single_instance import SingleInstance
+from app.solo_backend import SoloChatBackend, failure_offers, solo_model_problem
 from app.status_model import model_title
 from app.status_window import StatusWindow
 from app.tray import Tray
@@ -48,8 +51,12 @@ class PotluckApp(QObject):
         self.controller = AppController(data_dir, node_extra_args=node_extra_args, poll_interval_ms=poll_interval_ms,
                                         parent=self)
         prefs = self.controller.prefs
-        self.session = ChatSession(SwarmChatBackend(lambda: self.controller.api, lambda: self.controller.problem), self)
+        self.swarm_backend = SwarmChatBackend(lambda: self.controller.api, lambda: self.controller.problem)
+        self.solo_backend: SoloChatBackend | None = None  # solo mode: a GGUF file answers, not the swarm
+        self.session = ChatSession(self.swarm_backend, self)
+        self.session.failure_offers = lambda: failure_offers(self.controller.prefs)
         self.chat_window = ChatWindow(chat_options(prefs))
+        self._swarm_source = "Answers come from the swarm."
         self.status_window = StatusWindow()
         self.settings_dialog: SettingsDialog | None = None
         if tray_available is None:
@@ -85,7 +92,8 @@ class PotluckApp(QObject):
         w.options_changed.connect(lambda _: self._save_options.start())
         s.changed.connect(lambda: w.render(s.conversation.to_markdown()))
         s.busy_changed.connect(w.set_busy)
-        w.set_demo(c.uses_demo_model)
+        w.action_requested.connect(self._chat_action)
+        self._choose_backend(c.prefs)
 
     def _views(self):
         return [v for v in (self.tray, self.main_window) if v is not None]
@@ -95,13 +103,13 @@ class PotluckApp(QObject):
     def start(self) -> None:
         log.info("Potluck starting (data dir %s, %s)", self.controller.data_dir,
                  "tray" if self.uses_tray else "no tray: main window")
-        self.controller.start()
-        if self.tray is not None:
+        if self.tray is not None:  # first what the user waits for, then the node
             self.tray.show()
-            if self.controller.first_run:
-                self.open_chat()  # something to see on the very first launch
         else:
             self.main_window.show()
+        self.controller.start()
+        if self.tray is not None and self.controller.first_run:
+            self.open_chat()  # something to see on the very first launch
 
     def open_chat(self) -> None:
         self.chat_window.raise_to_front()
@@ -129,6 +137,12 @@ class PotluckApp(QObject):
                                                       temperature=current.temperature, top_p=current.top_p,
                                                       max_tokens=current.max_tokens))
 
+    def use_solo_mode(self, on: bool = True) -> None:
+        """Chat with the solo model file (on) or the swarm (off); remembered in the settings."""
+        prefs = self.controller.prefs
+        if prefs.solo_mode != on:
+            self.controller.apply_preferences(prefs.with_(solo_mode=on))
+
     def show_main(self) -> None:
         """Another launch asked for this one: show the main window, or the chat."""
         if self.main_window is not None:
@@ -141,6 +155,7 @@ class PotluckApp(QObject):
             return
         self.quitting = True
         self.session.stop()
+        self._drop_solo()
         for window in (self.chat_window, self.status_window, self.settings_dialog):
             if window is not None:
                 window.hide()
@@ -154,19 +169,65 @@ class PotluckApp(QObject):
     def _show_status(self, status) -> None:
         for view in (*self._views(), self.status_window):
             view.show_status(status)
-        self.chat_window.set_demo(self.controller.uses_demo_model)
+        self._show_demo_note()
 
     def _preferences_changed(self, prefs: Preferences) -> None:
         for view in self._views():
             view.set_contribute(prefs.contribute)
-        self.chat_window.set_demo(self.controller.uses_demo_model)
+        self._choose_backend(prefs)
 
     def _node_ready(self, info: dict) -> None:
         self.session.own_peer_id = info.get("peer_id", "")
         self.status_window.show_address(info.get("multiaddr", ""))
         model = self.controller.prefs.model if self.controller.prefs.swarm_mode == "host" else "the swarm's model"
         title = model_title(Path(model).name, self.controller.uses_demo_model)
-        self.chat_window.set_source(f"Answers come from the swarm · {title}")
+        self._swarm_source = f"Answers come from the swarm · {title}"
+        if not self.controller.prefs.uses_solo:
+            self.chat_window.set_source(self._swarm_source)
+
+    # ---- where chat answers come from ----
+
+    def _choose_backend(self, prefs: Preferences) -> None:
+        """Solo mode (a GGUF file on this computer) or the swarm; the node runs on either way, so
+        contributing does not depend on where chat answers come from."""
+        if prefs.uses_solo:
+            path = Path(prefs.solo_model.strip()).expanduser()
+            if self.solo_backend is None or self.solo_backend.path != path:
+                self._drop_solo()
+                self.solo_backend = SoloChatBackend(path)
+                if solo_model_problem(path) is None:
+                    self.controller.tasks.submit(self.solo_backend.warm_up)  # loads off the UI thread
+            self.session.set_backend(self.solo_backend)
+            self.chat_window.set_source(f"Answers come from {path.name} on this computer (solo mode, no swarm)",
+                                        solo=True)
+        else:
+            self._drop_solo()
+            self.session.set_backend(self.swarm_backend)
+            self.chat_window.set_source(self._swarm_source)
+        self._show_demo_note()
+
+    def _drop_solo(self) -> None:
+        backend, self.solo_backend = self.solo_backend, None
+        if backend is not None:
+            if self.session.backend is backend:
+                self.session.set_backend(self.swarm_backend)
+            self.controller.tasks.submit(backend.close)  # frees its memory once a running turn ends
+
+    def _show_demo_note(self) -> None:
+        self.chat_window.set_demo(self.controller.uses_demo_model and not self.controller.prefs.uses_solo)
+
+    def _chat_action(self, action: str) -> None:
+        """A link under a problem in the chat: switch to solo mode and ask again, or open Settings."""
+        if action == "solo":
+            self.use_solo_mode(True)
+            if not self.controller.prefs.uses_solo:  # an old link, and the model file was cleared since
+                self.open_settings()
+                return
+            question = self.session.last_failed_question()
+            if question:
+                self.session.send(question, self.chat_window.options())
+        elif action == "settings":
+            self.open_settings()
 
     def _notice(self, message: str) -> None:
         log.info("notice: %s", message)
@@ -222,6 +283,9 @@ def run(*, no_tray: bool = False, data_dir: str | None = None, argv: list[str] |
         return 0
     instance.listen()
     app = PotluckApp(home, no_tray=no_tray, node_extra_args=node_extra_args)
+    probe = None
+    if bench_probe.enabled():  # bench/app_startup.py: startup milestones on stdout
+        probe = bench_probe.BenchProbe(app)
     instance.activated.connect(app.show_main)
     app.quit_finished.connect(qapp.quit)
     qapp.aboutToQuit.connect(app.controller.node.stop_now)  # never leave the node behind
@@ -234,6 +298,7 @@ def run(*, no_tray: bool = False, data_dir: str | None = None, argv: list[str] |
     app.start()
     code = qapp.exec()
     instance.close()
+    del probe
     return code
 
 

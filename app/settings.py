@@ -47,6 +47,9 @@ class Preferences:
     # the desktop
     start_at_login: bool = False
     lan_discovery: bool = False
+    # solo mode: the chat answers from a GGUF model file on this computer (llama.cpp), not the swarm
+    solo_mode: bool = False
+    solo_model: str = ""  # path of the .gguf file
     # the chat window
     system_prompt: str = ""
     temperature: float = 0.7
@@ -57,6 +60,11 @@ class Preferences:
     def model(self) -> str:
         """The model to host: the chosen one, or the demo model."""
         return self.host_model.strip() or str(default_model())
+
+    @property
+    def uses_solo(self) -> bool:
+        """The chat answers from the solo model file (chosen, and turned on)."""
+        return self.solo_mode and bool(self.solo_model.strip())
 
     def with_(self, **changes) -> "Preferences":
         return replace(self, **changes)

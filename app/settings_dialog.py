@@ -4,12 +4,28 @@ computer lends, and how Potluck starts. It edits a copy of the preferences and e
 from __future__ import annotations
 
 from PySide6.QtCore import Signal
-from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox,
-                               QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPushButton,
-                               QRadioButton, QSpinBox, QVBoxLayout)
+from PySide6.QtWidgets import (
+    QButtonGroup,
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QRadioButton,
+    QSpinBox,
+    QVBoxLayout,
+)
 
 from app.icons import app_icon
 from app.settings import Preferences
+from app.solo_backend import solo_model_problem
 
 DEMO_CHOICE = "The demo model (small, offline)"
 
@@ -31,6 +47,10 @@ def catalog_choices() -> list[tuple[str, str]]:
 def problems(prefs: Preferences) -> list[str]:
     """What is wrong with these preferences, in plain words (empty: fine)."""
     out = []
+    if prefs.solo_mode:
+        problem = solo_model_problem(prefs.solo_model)
+        if problem:
+            out.append(problem)
     if prefs.swarm_mode == "join":
         address = prefs.join_address.strip()
         if not address:
@@ -93,6 +113,25 @@ class SettingsDialog(QDialog):
         lend_form.addRow(self.only_idle)
         lend_form.addRow("Idle after", self.idle_minutes)
 
+        solo = QGroupBox("Solo mode")
+        self.solo_mode = QCheckBox("Solo mode: chat with a model file on this computer")
+        self.solo_mode.setToolTip("The chat answers from a GGUF model file with llama.cpp, without the swarm. "
+                                  "Contributing compute to the swarm goes on as set above.")
+        self.solo_model = QLineEdit()
+        self.solo_model.setPlaceholderText("a model file in GGUF format, e.g. Qwen3-8B-Q4_K_M.gguf")
+        solo_browse = QPushButton("Choose file…")
+        solo_browse.clicked.connect(self._browse_solo)
+        solo_row = QHBoxLayout()
+        solo_row.addWidget(self.solo_model, 1)
+        solo_row.addWidget(solo_browse)
+        solo_note = QLabel("Works offline and keeps your conversation on this computer. Needs enough memory "
+                           "for the whole model.", wordWrap=True)
+        solo_note.setStyleSheet("color: palette(mid)")
+        solo_form = QFormLayout(solo)
+        solo_form.addRow(self.solo_mode)
+        solo_form.addRow("Model file", solo_row)
+        solo_form.addRow(solo_note)
+
         desktop = QGroupBox("This computer")
         self.start_at_login = QCheckBox("Start Potluck when I log in")
         self.lan_discovery = QCheckBox("Discover Potluck computers on the local network (mDNS)")
@@ -107,7 +146,7 @@ class SettingsDialog(QDialog):
         buttons.accepted.connect(self._save)
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
-        for w in (swarm, lend, desktop, self.error, buttons):
+        for w in (swarm, lend, solo, desktop, self.error, buttons):
             layout.addWidget(w)
         self.load(prefs)
 
@@ -127,6 +166,8 @@ class SettingsDialog(QDialog):
         self.idle_minutes.setValue(prefs.idle_minutes)
         self.start_at_login.setChecked(prefs.start_at_login)
         self.lan_discovery.setChecked(prefs.lan_discovery)
+        self.solo_mode.setChecked(prefs.solo_mode)
+        self.solo_model.setText(prefs.solo_model)
         self._mode_changed()
 
     def preferences(self) -> Preferences:
@@ -140,7 +181,8 @@ class SettingsDialog(QDialog):
             join_address=self.join_address.text().strip(), listen=self.listen.text().strip(),
             contribute=self.contribute.isChecked(), max_memory_gb=round(self.memory.value(), 1),
             contribute_only_when_idle=self.only_idle.isChecked(), idle_minutes=self.idle_minutes.value(),
-            start_at_login=self.start_at_login.isChecked(), lan_discovery=self.lan_discovery.isChecked())
+            start_at_login=self.start_at_login.isChecked(), lan_discovery=self.lan_discovery.isChecked(),
+            solo_mode=self.solo_mode.isChecked(), solo_model=self.solo_model.text().strip())
 
     def _save(self) -> None:
         prefs = self.preferences()
@@ -157,6 +199,14 @@ class SettingsDialog(QDialog):
         hosting = self.host_radio.isChecked()
         self.model.setEnabled(hosting)
         self.join_address.setEnabled(not hosting)
+
+    def _browse_solo(self) -> None:
+        start = self.solo_model.text().strip()
+        path, _ = QFileDialog.getOpenFileName(self, "Choose a model file for solo mode", start,
+                                              "GGUF model files (*.gguf);;All files (*)")
+        if path:
+            self.solo_model.setText(path)
+            self.solo_mode.setChecked(True)
 
     def _browse(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Choose a model folder (with config.json)")

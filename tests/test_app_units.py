@@ -26,10 +26,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_app_never_imports_torch_or_mlx():
+    """Nor llama_cpp until solo mode actually loads a model, nor Qt for the self-test."""
     code = ("import sys\n"
-            "import app.cli, app.main, app.controller, app.chat_window, app.status_window, app.settings_dialog\n"
+            "import app.cli, app.self_test\n"
+            "assert not [m for m in sys.modules if m.startswith('PySide6')], 'the self-test path imports Qt'\n"
+            "import app.main, app.controller, app.chat_window, app.status_window, app.settings_dialog\n"
+            "import app.solo_backend, app.bench_probe\n"
             "from app.main import PotluckApp\n"
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'mlx', 'mlx_lm', 'transformers'))\n"
+            "from app.settings import Preferences\n"
+            "app.solo_backend.failure_offers(Preferences(solo_model='/nowhere/model.gguf'))\n"
+            "app.solo_backend.SoloChatBackend('/nowhere/model.gguf')\n"
+            "bad = sorted(m for m in sys.modules\n"
+            "             if m.split('.')[0] in ('torch', 'mlx', 'mlx_lm', 'transformers', 'llama_cpp'))\n"
             "print(bad)\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
@@ -225,6 +233,26 @@ def test_conversation_sends_only_answered_turns_and_shows_problems_inline():
     assert "> **Problem:** The swarm cannot answer right now\\. Wait a moment\\." in text and "*Stopped.*" in text
 
 
+def test_a_problem_can_offer_links_to_the_app():
+    chat = Conversation()
+    turn = chat.ask("hi")
+    turn.state, turn.error = FAILED, "The swarm cannot answer."
+    turn.offers = [("solo", "Chat with my [best] model.gguf instead"), ("settings", "Open Settings")]
+    text = chat.to_markdown()
+    assert "[Chat with my \\[best\\] model\\.gguf instead](potluck:solo) · [Open Settings](potluck:settings)" in text
+
+
+def test_chat_window_hands_potluck_links_to_the_app(qtbot):
+    from PySide6.QtCore import QUrl
+
+    window = ChatWindow()
+    qtbot.addWidget(window)
+    with qtbot.waitSignal(window.action_requested) as asked:
+        window.transcript.anchorClicked.emit(QUrl("potluck:solo"))
+    assert asked.args == ["solo"]
+    assert window.transcript.source().isEmpty()  # the transcript did not navigate away
+
+
 def test_route_names_this_computer_and_the_others():
     routes = [[Hop("12D3KooWme", 0, 4), Hop("12D3KooWotherABCDEF", 4, 8)]]
     assert describe_route(routes, "12D3KooWme") == "this computer (layers 0-3) → node …ABCDEF (layers 4-7)"
@@ -331,6 +359,25 @@ def test_a_failing_backend_shows_the_problem_inline(qtbot):
     assert window.transcript.toPlainText() == ""
 
 
+def test_a_failed_turn_carries_the_apps_offers_and_stats_without_a_route_leave_the_route_out(qtbot):
+    from app.conversation import describe_stats
+
+    backend = ScriptedBackend(fail=ChatError("The swarm cannot answer right now.", "Wait a moment."))
+    session, window = chat_pair(qtbot, backend)
+    session.failure_offers = lambda: [("solo", "Chat in solo mode instead")]
+    started = []
+    session.answer_started.connect(lambda: started.append(session.conversation.turns[-1].answer))
+    window.send_requested.emit("hi", window.options())
+    qtbot.waitUntil(lambda: started == ["Hello"])  # once, at the first words
+    backend.release.set()
+    with qtbot.waitSignal(session.turn_finished):
+        pass
+    assert session.conversation.turns[-1].offers == [("solo", "Chat in solo mode instead")]
+    assert session.last_failed_question() == "hi"
+    assert 'href="potluck:solo"' in window.transcript.toHtml()
+    assert describe_stats(TurnStats(ttft_s=0.25, tokens_per_s=12.0)) == "first token 0.25 s · 12.0 tokens/s"
+
+
 def test_no_backend_yet_is_an_inline_problem_not_a_crash(qtbot):
     session, window = chat_pair(qtbot, None)
     window.send_requested.emit("hi", window.options())
@@ -422,3 +469,31 @@ def test_a_second_launch_of_the_program_returns_at_once(qtbot, tmp_path):
             if str(tmp_path) in str(getattr(handler, "baseFilename", "")):
                 logging.getLogger().removeHandler(handler)
                 handler.close()
+
+
+def test_with_potluck_bench_set_the_program_says_when_its_window_is_on_screen(tmp_path):
+    """The readiness signal bench/app_startup.py times (the bench itself runs the whole program)."""
+    import json
+    import os
+    import signal
+    import time
+
+    home = tmp_path / "home"
+    settings = Settings(home)  # a swarm address that is not complete: no node is started
+    settings.save(settings.load().with_(swarm_mode="join", join_address="10.0.0.2"))
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "POTLUCK_BENCH": "1"}
+    env.pop("DISPLAY", None)
+    started = time.time()
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "app", "--no-tray", "--data-dir", str(home)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("APP_READY {"), line
+        ready = json.loads(line.split(" ", 1)[1])
+        assert ready["tray"] is False and started < ready["t"] <= time.time()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
