@@ -173,6 +173,17 @@ def test_a_truncated_gguf_is_refused_in_plain_words(gguf_file, tmp_path):
         solo.load_gguf(truncated)
 
 
+@needs_llama_cpp
+def test_a_header_claiming_a_huge_string_is_refused_without_allocating_it(tmp_path):
+    import struct
+
+    garbage = tmp_path / "garbage.gguf"  # version 3, 0 tensors, 1 key whose name claims 2**60 bytes
+    garbage.write_bytes(b"GGUF" + struct.pack("<IQQQ", 3, 0, 1, 2**60) + b"xx")
+    assert solo.gguf_context_length(garbage) is None
+    with pytest.raises(solo.SoloModeError, match="could not load"):
+        solo.load_gguf(garbage)
+
+
 def test_importing_solo_mode_needs_neither_llama_cpp_nor_torch():
     code = ("import sys, engine.backends.llama_cpp_solo; "
             "assert not {'llama_cpp', 'torch'} & set(sys.modules), sorted(sys.modules)")

@@ -81,12 +81,16 @@ def gguf_context_length(path: Path) -> int | None:
     """The context length the model was trained for, from the GGUF header; None if not found.
 
     llama.cpp tells it only once a context exists, and a context longer than it only warns."""
+    size = path.stat().st_size
     with path.open("rb") as file:
         def read(fmt):
             return struct.unpack(fmt, file.read(struct.calcsize(fmt)))[0]
 
         def read_string():
-            return file.read(read("<Q")).decode("utf-8", errors="replace")
+            length = read("<Q")
+            if length > size - file.tell():  # a damaged header: never allocate what the file cannot hold
+                raise ValueError("string longer than the file")
+            return file.read(length).decode("utf-8", errors="replace")
 
         def skip_value(kind):
             if kind == _STRING:
@@ -114,7 +118,7 @@ def gguf_context_length(path: Path) -> int | None:
                     return int(read(_SCALAR_FORMATS[kind]))
                 else:
                     skip_value(kind)
-        except (struct.error, KeyError, OSError):
+        except (struct.error, KeyError, OSError, ValueError):
             pass  # a damaged header: llama.cpp will say so when it loads the file
     return None
 
