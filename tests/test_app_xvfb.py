@@ -50,8 +50,11 @@ def desktop(tmp_path):
 
 
 def test_the_tray_icon_is_really_shown_and_the_windows_render(desktop, make_checkpoint, tmp_path):
+    from app.resources import demo_model_dir
+
     env = {**os.environ, "DISPLAY": desktop, "QT_QPA_PLATFORM": "xcb"}
-    proc = subprocess.run([sys.executable, "-m", "tests.test_app_xvfb", str(make_checkpoint("llama")), str(tmp_path)],
+    model = demo_model_dir() or make_checkpoint("llama")  # the real first run: the demo model
+    proc = subprocess.run([sys.executable, "-m", "tests.test_app_xvfb", str(model), str(tmp_path)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -67,7 +70,8 @@ def test_the_tray_icon_is_really_shown_and_the_windows_render(desktop, make_chec
 
 
 def main(checkpoint: str, out: str) -> int:
-    """In the child, on the Xvfb display: the real app, first run, the checkpoint standing in for the demo model."""
+    """In the child, on the Xvfb display: the real app, first run, on the demo model (or a checkpoint
+    standing in for it)."""
     from PySide6.QtCore import QEventLoop, QTimer
     from PySide6.QtWidgets import QApplication, QSystemTrayIcon
 
@@ -101,7 +105,7 @@ def main(checkpoint: str, out: str) -> int:
         window = potluck.chat_window
         window.max_tokens.setValue(60)
         window.temperature.setValue(0.0)
-        window.send_requested.emit("Write a short story about a potluck dinner.", window.options())
+        window.send_requested.emit("Tell me about the package manager.", window.options())
         spin_until(lambda: not potluck.session.busy, 300)
         result["answered"] = potluck.session.conversation.turns[-1].state == "done"
         potluck.open_status()
