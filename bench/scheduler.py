@@ -129,8 +129,8 @@ def main() -> int:
             scenario = load_scenario(path)
             t0 = time.perf_counter()
             report = evaluate(scenario, list(POLICY_NAMES))
-            entry = {"upper_bound_tok_s": report["upper_bound_tok_s"], "policies": report["policies"],
-                     "wall_s": round(time.perf_counter() - t0, 1)}
+            entry = {"upper_bound_tok_s": report["upper_bound_tok_s"], "bound_binding": report.get("bound_binding", []),
+                     "policies": report["policies"], "wall_s": round(time.perf_counter() - t0, 1)}
             if "error" in report:
                 entry["error"] = report["error"]
             pols = report["policies"]

@@ -8,8 +8,7 @@ import pytest
 from engine.scheduler.exo import ExoPolicy, split_by_memory
 from engine.scheduler.parallax import ParallaxPolicy, capacity_layers, choose_pipelines, water_fill
 from engine.scheduler.petals import CACHE_TOKENS, PetalsPolicy, best_start
-from engine.scheduler.upper_bound import upper_bound_tok_s
-from tests.scheduler_fixtures import GB, LLAMA_70B, SMALL_MODEL, WORKLOAD, context, node
+from tests.scheduler_fixtures import GB, LLAMA_70B, SMALL_MODEL, context, node
 
 
 # Parallax ------------------------------------------------------------------------------------
@@ -93,17 +92,3 @@ def test_petals_servers_spread_to_cover_every_block():
     for s, e in assignment.values():
         covered.update(range(s, e))
     assert covered == set(range(16))
-
-
-# upper bound ---------------------------------------------------------------------------------
-def test_upper_bound_is_compute_bound_when_flops_are_scarce():
-    nodes = [node(i, 40, tflops=1, bandwidth_gbs=3000) for i in range(4)]
-    per_token = SMALL_MODEL.flops_per_token_layer * (1 + WORKLOAD.prompt_tokens_mean / WORKLOAD.output_tokens_mean)
-    expected = 4 * 1e12 / per_token / SMALL_MODEL.num_layers
-    assert upper_bound_tok_s(nodes, SMALL_MODEL, WORKLOAD) == pytest.approx(expected, rel=1e-6)
-
-
-def test_upper_bound_grows_with_the_swarm_and_is_zero_when_too_small():
-    small = [node(i, 6) for i in range(2)]
-    assert upper_bound_tok_s(small[:1], SMALL_MODEL, WORKLOAD) == 0.0
-    assert upper_bound_tok_s(small + [node(5, 6)], SMALL_MODEL, WORKLOAD) > upper_bound_tok_s(small, SMALL_MODEL, WORKLOAD)

@@ -67,3 +67,45 @@ def test_potluck_routing_takes_about_a_millisecond_at_200_nodes():
         assert hops is not None
     # the target is < 2 ms (see bench/scheduler.py); allow a loaded CI machine some slack
     assert statistics.median(times) < 0.01
+
+
+def two_region_swarm():
+    # a replica of the 16-layer model in region "a" (nodes 0, 1) and one in region "c" (nodes 2, 3)
+    nodes = {0: node(0, 8, region="a"), 1: node(1, 8, region="a"), 2: node(2, 8, region="c"),
+             3: node(3, 8, region="c")}
+    assignment = {0: (0, 8), 1: (8, 16), 2: (0, 8), 3: (8, 16)}
+    return nodes, assignment
+
+
+def test_potluck_waits_for_cache_room_within_a_region_rather_than_crossing():
+    nodes, assignment = two_region_swarm()
+    policy = make_policy("potluck", context())
+    policy.allocate(nodes)
+    view = idle_view(nodes, assignment, context().model)
+    request = RouteRequest(1, 100, 200)
+    view.kv_free[0] = 0.0  # region a's first stage is full: region c's replica has room
+    assert [h.node for h in policy.route(request, nodes, assignment, view)] == [2, 3]
+    view.kv_free[3] = 0.0  # now each region has a full stage; a chain 2 -> 1 across regions has room
+    assert policy.route(request, nodes, assignment, view) is None  # it waits for room within one region
+    view.kv_free[0] = 1e12
+    assert [h.node for h in policy.route(request, nodes, assignment, view)] == [0, 1]
+
+
+def test_potluck_crosses_regions_when_no_region_holds_a_whole_chain():
+    nodes, assignment = two_region_swarm()
+    assignment = {0: (0, 8), 3: (8, 16)}
+    policy = make_policy("potluck", context())
+    policy.allocate(nodes)
+    hops = policy.route(RouteRequest(1, 100, 200), nodes, assignment, idle_view(nodes, assignment, context().model))
+    assert [h.node for h in hops] == [0, 3]
+
+
+def test_potluck_routes_through_a_slow_hop_when_it_is_the_only_way():
+    # one chain, with a node so slow that prefilling a long prompt there takes most of the TTFT
+    # objective: a poor route still beats none (an unroutable request would hold up the queue)
+    nodes = {0: node(0, 10, tflops=50), 1: node(1, 10, tflops=0.05, uplink_mbps=50)}
+    assignment = {0: (0, 8), 1: (8, 16)}
+    policy = make_policy("potluck", context())
+    policy.allocate(nodes)
+    hops = policy.route(RouteRequest(1, 900, 1000), nodes, assignment, idle_view(nodes, assignment, context().model))
+    assert [h.node for h in hops] == [0, 1]

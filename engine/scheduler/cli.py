@@ -13,7 +13,7 @@ from .policy import POLICY_NAMES, SwarmContext
 from .report import _num, format_table, plot_report
 from .scenario import Scenario, ScenarioError, load_scenario
 from .simulator import percentile, simulate
-from .upper_bound import upper_bound_tok_s
+from .upper_bound import bound_for_window
 
 
 def evaluate(scenario: Scenario, policies: list[str], search: bool = True) -> dict:
@@ -30,8 +30,12 @@ def evaluate(scenario: Scenario, policies: list[str], search: bool = True) -> di
                                         "tpot_p50_s": None, "tpot_p99_s": None, "completed": 0, "failed": 0,
                                         "alloc_ms": None, "route_ms_p50": None}
         return report
-    bound = upper_bound_tok_s(nodes, scenario.model, scenario.workload)
+    # over the window capacity is measured in (search duration and warm-up), churn included
+    limit = bound_for_window(scenario.sim_config(duration_s=scenario.search_duration_s,
+                                                 warmup_s=scenario.search_warmup_s))
+    bound = limit.tok_s
     report["upper_bound_tok_s"] = round(bound, 2)
+    report["bound_binding"] = limit.binding[:3]
     report["details"] = {}
     for name in policies:
         at_rate = simulate(scenario.sim_config(), name)

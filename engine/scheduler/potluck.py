@@ -20,7 +20,7 @@ REPLAN_HORIZON_S = 600.0  # how long a re-plan is expected to pay off
 RELOAD_GBS = 2.0  # weight loading speed assumed when pricing a re-plan
 MAX_REPLAN_MOVES = 0.25  # a global re-plan may move at most this share of the serving nodes
 MAX_UTILIZATION = 0.97
-PREFILL_HOP_SHARE = 0.1  # most of the TTFT objective one hop's prefill may take
+PREFILL_HOP_SHARE = 0.1  # a hop whose prefill takes more of the TTFT objective is a last resort
 PROMPT_LOAD_DECAY_S = 2.0  # how long a routed prompt is assumed to keep a node busy
 TTFT_ROUTE_SHARE = 0.3  # share of the TTFT objective a chain's bare prefill may take before it is re-planned
 
@@ -35,6 +35,8 @@ class PotluckPolicy(Policy):
         self._regions = ctx.rtt.regions
         _, rtt = ctx.rtt.matrix()
         self._half_rtt = [[x / 2 for x in row] for row in rtt]
+        # the same, with hops between regions ruled out (see route)
+        self._within_region = [[x / 2 if i == j else np.inf for j, x in enumerate(row)] for i, row in enumerate(rtt)]
         self._region_index = {r: i for i, r in enumerate(self._regions)}
         self._spans_key = None
         self._spans: list[tuple[int, int, int, int]] = []
@@ -170,6 +172,7 @@ class PotluckPolicy(Policy):
         self._bw = np.array([nodes[n].bytes_per_s for n in ids]) if rows else np.zeros(0)
         self._flops = np.array([nodes[n].flops_per_s for n in ids]) if rows else np.zeros(0)
         self._uplink = np.array([nodes[n].uplink_mbps * 1e6 / 8 for n in ids]) if rows else np.zeros(0)
+        self._kv_cap = np.array([nodes[n].memory_bytes - model.weight_bytes(s, e) for n, s, e, _ in rows])
 
     def route(self, request: RouteRequest, nodes: dict[int, NodeSpec], current: Assignment,
               view: LoadView) -> list[Hop] | None:
@@ -179,6 +182,11 @@ class PotluckPolicy(Policy):
         bound, so a busier node costs more only through KV reads and compute), half a step of
         waiting, the hidden-state upload, and the prompt's prefill amortised over the answer.
         Nodes without free KV cache for the request's whole length are not eligible.
+
+        Chains stay within one region whenever some region holds a whole chain. A chain that
+        mixes regions holds every stage's KV cache for its slow cycle, so on the fast stages that
+        cache serves several times fewer tokens than on a chain within their region; when every
+        such chain is out of cache room the request waits (None) instead of taking a mixed chain.
         """
         model, wl = self.ctx.model, self.ctx.workload
         if view.assignment_version != self._spans_key:
@@ -215,10 +223,12 @@ class PotluckPolicy(Policy):
         fixed = (STEP_OVERHEAD_S + 0.5 * step + prefill) * slowdown + model.hidden_state_bytes(1) / self._uplink
         full = fixed + layers * t_layer
         # a hop whose bare prefill of this prompt takes a large share of the TTFT objective would
-        # blow the tail however idle it is
+        # blow the tail however idle it is: a last resort only, since a request with no route at all
+        # waits at the head of the queue and holds up every request behind it
         bare_prefill = prefill / prefill_weight
-        slow = bare_prefill > PREFILL_HOP_SHARE * self.ctx.slo.ttft_p99_s
-        full[~ready | (kv_free < need) | slow] = np.inf
+        slow_penalty = np.where(bare_prefill > PREFILL_HOP_SHARE * self.ctx.slo.ttft_p99_s, self.ctx.slo.ttft_p99_s, 0.0)
+        fixed = fixed + slow_penalty
+        full = full + slow_penalty
         # queued prompts ahead of this one: their prefill and upload, at this node's speeds
         if len(self._prompt_load) <= ids.max():
             self._prompt_load = np.concatenate([self._prompt_load, np.zeros(ids.max() + 1 - len(self._prompt_load))])
@@ -229,20 +239,36 @@ class PotluckPolicy(Policy):
         fixed = fixed + backlog * prefill_weight
         full = full + backlog * prefill_weight
         bare_prefill = bare_prefill + backlog
-        keep = cheapest_per_group(self._group, full)
-        if keep.size == 0:
-            return None
-        spans = [self._spans[i] for i in keep]
-        per_layer = t_layer[keep].tolist()
-        chain = cheapest_ring(model.num_layers, spans, per_layer, fixed[keep].tolist(), self._half_rtt)
+        long_prompt = outputs * self.ctx.slo.tpot_p50_s / self.ctx.slo.ttft_p99_s
+
+        def search(eligible: np.ndarray, hop_cost: list[list[float]]) -> list[tuple[int, int, int]] | None:
+            keep = cheapest_per_group(self._group, np.where(eligible, full, np.inf))
+            if keep.size == 0:
+                return None
+            spans = [self._spans[i] for i in keep]
+            per_layer = t_layer[keep].tolist()
+            chain = cheapest_ring(model.num_layers, spans, per_layer, fixed[keep].tolist(), hop_cost)
+            if chain is None:
+                return None
+            # the prompt's bare time to first token along the chain; if it eats most of the TTFT
+            # objective, search again with prompt time weighing as much as a whole answer
+            bare = dict(zip((s[0] for s in spans), bare_prefill[keep].tolist()))
+            if sum(bare[n] for n, _, _ in chain) > TTFT_ROUTE_SHARE * self.ctx.slo.ttft_p99_s:
+                heavy = fixed[keep] + bare_prefill[keep] * long_prompt
+                chain = cheapest_ring(model.num_layers, spans, per_layer, heavy.tolist(), hop_cost) or chain
+            return chain
+
+        has_room = ready & (kv_free >= need)
+        chain = search(has_room, self._within_region)
+        if chain is None:
+            # out of cache room within every region: wait (no route now; the request is asked for
+            # again as caches free) rather than cross regions, which only a swarm without any
+            # region that holds a whole chain has to do
+            if search(ready & (self._kv_cap >= need), self._within_region) is not None:
+                return None
+            chain = search(has_room, self._half_rtt)
         if chain is None:
             return None
-        # the prompt's bare time to first token along the chain; if it eats most of the TTFT
-        # objective, search again with prompt time weighing as much as a whole answer
-        bare = dict(zip((s[0] for s in spans), bare_prefill[keep].tolist()))
-        if sum(bare[n] for n, _, _ in chain) > TTFT_ROUTE_SHARE * self.ctx.slo.ttft_p99_s:
-            heavy = fixed[keep] + bare_prefill[keep] * (outputs * self.ctx.slo.tpot_p50_s / self.ctx.slo.ttft_p99_s)
-            chain = cheapest_ring(model.num_layers, spans, per_layer, heavy.tolist(), self._half_rtt) or chain
         for n, _, _ in chain:
             self._prompt_load[n] += request.prompt_tokens
         return [Hop(n, s, e) for n, s, e in chain]

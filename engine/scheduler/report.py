@@ -14,6 +14,8 @@ def format_table(report: dict) -> str:
     if report.get("error"):
         lines.append(f"  {report['error']}")
     lines.append(f"upper bound: {report['upper_bound_tok_s']:.1f} output tok/s")
+    if report.get("bound_binding"):
+        lines.append(f"  (limited by: {'; '.join(report['bound_binding'])})")
     head = (f"{'policy':<10} {'capacity tok/s':>14} {'vs bound':>8} {'TTFT p50':>9} {'TTFT p99':>9} "
             f"{'TPOT p50':>9} {'TPOT p99':>9} {'done':>6} {'failed':>6} {'alloc ms':>9} {'route ms':>9}")
     lines += [head, "-" * len(head)]
