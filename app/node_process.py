@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shlex
 import socket
 import sys
 from collections import deque
@@ -22,6 +21,7 @@ from pathlib import Path
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
 
 from app import settings as app_settings
+from app.launcher import potluck_command
 from app.settings import Preferences, is_demo_model
 
 log = logging.getLogger(__name__)
@@ -89,18 +89,6 @@ class NodeConfig:
                 "OMP_WAIT_POLICY": "PASSIVE", "RUST_LOG": "off", "PYTHONUNBUFFERED": "1"}
 
 
-def node_command() -> list[str]:
-    """The program that runs `potluck ...` (the same rule as app/self_test.py's potluck_command):
-    $POTLUCK_NODE_COMMAND when set (the installed app's launcher sets it); else this Python with
-    `-m app.cli`; else, in an installed app whose executable is its own launcher, that launcher."""
-    override = os.environ.get("POTLUCK_NODE_COMMAND", "").strip()
-    if override:
-        return [part.strip('"') for part in shlex.split(override, posix=os.name != "nt")]
-    if Path(sys.executable).name.lower().startswith("python"):
-        return [sys.executable, "-m", "app.cli"]
-    return [sys.executable]
-
-
 def api_address(wanted: str) -> str:
     """`wanted` (HOST:PORT) if that port is free, else the same host with port 0 (the node picks one)."""
     host, _, port = wanted.rpartition(":")
@@ -154,7 +142,7 @@ class NodeProcess(QObject):
             self.state = "stopped"
             QTimer.singleShot(0, lambda: self.failed.emit(problem))
             return
-        program, *prefix = node_command()
+        program, *prefix = potluck_command()
         proc = QProcess(self)
         env = QProcessEnvironment.systemEnvironment()
         for key, value in config.environment().items():

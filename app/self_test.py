@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -18,6 +17,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from app.launcher import potluck_command
 
 READY_TIMEOUT_S = 180.0
 CHAT_TIMEOUT_S = 180.0
@@ -70,23 +71,6 @@ def _run(data_dir: Path, model, out) -> int:
             say(f"node stopped (exit status {code})")
     say(f"PASSED in {time.monotonic() - started:.1f} s")
     return 0
-
-
-def potluck_command() -> list[str]:
-    """How to start another `potluck ...` process from this one.
-
-    $POTLUCK_NODE_COMMAND when set (the installed app's launcher sets it, and app/node_process.py
-    reads it too); else, from a Python interpreter (a checkout, a venv, `briefcase dev`),
-    `python -m app.cli`; else sys.executable alone: in an installed Briefcase app that is the app's
-    own launcher (Potluck.exe, Potluck.app/Contents/MacOS/Potluck, /usr/bin/potluck), which runs
-    `potluck` with the arguments it is given and would take `-m app.cli` for some of them.
-    """
-    override = os.environ.get("POTLUCK_NODE_COMMAND", "").strip()
-    if override:
-        return [part.strip('"') for part in shlex.split(override, posix=os.name != "nt")]
-    if Path(sys.executable).name.lower().startswith("python"):
-        return [sys.executable, "-m", "app.cli"]
-    return [sys.executable]
 
 
 def _model_dir(model) -> Path:

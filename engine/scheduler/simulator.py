@@ -359,7 +359,6 @@ class Simulator:
         if not node.alive or token != node.load_token:
             return
         now = self.now
-        L = self.L
         groups: dict[int, list] = {}
         hidden = self.model.hidden_size * self.model.dtype_bytes
         finished_any = False

@@ -104,6 +104,7 @@ def rst_sections(path: Path) -> list[Section]:
     sections: list[Section] = []
     title, paragraphs, block = None, [], []
     literal_indent = None   # skip lines indented deeper than this (a literal block's body)
+    block_indent = 0        # the indentation of the paragraph being collected
 
     def flush_block():
         nonlocal block
