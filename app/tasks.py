@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import traceback
 
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+from PySide6.QtCore import QObject, QThreadPool, Signal
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,10 @@ class Tasks(QObject):
                 return
             relay.done.emit(value)
 
-        self.pool.start(QRunnable.create(run))
+        # A plain callable, not QRunnable.create(run): the pool deletes an auto-delete QRunnable in
+        # C++ behind PySide's back, and its stale wrapper was later handed out for a new object at
+        # the same address (a QLocalSocket came back as a "QRunnable").
+        self.pool.start(run)
 
     @property
     def pending(self) -> int:
