@@ -123,6 +123,9 @@ def test_briefcase_accepts_the_staged_project(staged, platform):
         assert (staged / source / "__init__.py").is_file(), source
     assert app.main_module() == "potluck" and (staged / "src" / "potluck" / "__main__.py").is_file()
     assert (staged / "src" / "potluck_resources" / "catalog.toml").is_file()
+    assert not (staged / "src" / "potluck_resources" / "demo-model-recipe").exists()  # build-time only
+    if (ROOT / "resources" / "demo-model" / "config.json").is_file():  # its licence needs the model card
+        assert (staged / "src" / "potluck_resources" / "demo-model" / "README.md").is_file()
     icon = {"macOS": ".icns", "windows": ".ico", "linux": "-512.png"}[platform]
     assert (staged / f"{app.icon}{icon}").is_file()
 
