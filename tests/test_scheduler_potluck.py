@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from engine.scheduler.allocation import PipelineModel, allocate, split_layers
+from engine.scheduler.policy import SwarmContext
 from engine.scheduler.potluck import PotluckPolicy
-from tests.scheduler_fixtures import LLAMA_70B, context, node
+from engine.scheduler.scenario import load_scenario
+from engine.scheduler.workload import Workload
+from tests.scheduler_fixtures import LLAMA_70B, RTT, SLO, context, node
+
+SCENARIOS = Path(__file__).resolve().parents[1] / "resources" / "scenarios"
 
 
 def test_split_levels_stage_time_by_per_layer_time():
@@ -87,3 +94,27 @@ def test_no_global_replan_without_a_gain_worth_the_reload():
     policy = PotluckPolicy(ctx)
     assignment = policy.allocate(nodes)
     assert policy.rebalance(nodes, assignment, idle_view(nodes, assignment, LLAMA_70B)) is None
+
+
+def test_split_gives_prompt_heavy_work_to_flops():
+    # same bandwidth, 4x the TFLOP/s: with long prompts and short answers most of a stage's time is
+    # prefill, so the node with the FLOP/s takes more layers (a bandwidth-only split would be even)
+    model = LLAMA_70B
+    ctx = SwarmContext(model, RTT, Workload(1.0, prompt_tokens_mean=2048, output_tokens_mean=16,
+                                            max_context=4096), SLO)
+    nodes = [node(0, 150, tflops=100, bandwidth_gbs=1000), node(1, 150, tflops=400, bandwidth_gbs=1000)]
+    plan = allocate(nodes, ctx)
+    layers = {n: e - s for n, (s, e) in plan.assignment.items()}
+    assert layers[1] > 1.5 * layers[0]
+
+
+def test_every_region_that_can_hold_the_model_gets_its_own_pipeline():
+    # asia's swarm (two A100-40s, four 4090s, two 150 GB Mac Studios) can hold Llama-3-70B alone; its
+    # Macs prefill slowly, which once kept the region from any pipeline and left it idle
+    scenario = load_scenario(SCENARIOS / "heterogeneous_3region.toml")
+    ctx = SwarmContext(scenario.model, scenario.rtt, scenario.workload, scenario.slo)
+    nodes = scenario.initial_nodes()
+    plan = allocate(nodes, ctx)
+    region = {n.id: n.region for n in nodes}
+    local = {region[p.stages[0][0]] for p in plan.pipelines if len({region[n] for n, _, _ in p.stages}) == 1}
+    assert local == {"us", "eu", "asia"}

@@ -114,3 +114,17 @@ def test_same_seed_same_result_across_processes():
         assert done.returncode == 0, done.stderr
         runs.append(done.stdout)
     assert runs[0] == runs[1]
+
+
+def test_usage_accounts_for_the_work_done():
+    scenario = tiny()
+    cfg = scenario.sim_config()
+    r = simulate(cfg, "potluck")
+    window = cfg.duration_s - cfg.warmup_s
+    assert r.usage and sum(u["nodes"] for u in r.usage) == len(cfg.initial_nodes)
+    for u in r.usage:
+        assert 0 <= u["flops_used"] <= u["busy"] <= 1.05  # a step lasts at least its FLOPs' time
+        assert 0 <= u["kv_reserved"] <= 1 and u["serving"] <= u["nodes"]
+    flops = sum(u["flops_used"] * u["tflops"] * 1e12 * u["nodes"] * window for u in r.usage)
+    # every output token in the window took at least one pass through every layer (edges aside)
+    assert flops >= 0.5 * r.output_tok_s * window * cfg.model.num_layers * cfg.model.flops_per_token_layer

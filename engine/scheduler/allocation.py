@@ -6,10 +6,11 @@ after the weights. Packing many layers per node (Petals) starves the cache; spre
 adds hops and round trips. So phase 1 searches the KV reservation Q (concurrent sessions per
 pipeline): for each Q it gives every node the layers that fit beside Q sessions of cache
 (m = M / (layer + Q * kv_per_layer)), forms pipelines from the fastest nodes of each region,
-splits layers inside a pipeline so every stage takes the same time (by measured per-layer time
-at the expected batch, not TFLOP/s), predicts throughput and latency with the performance model,
-and keeps the Q that gives the most tokens/s within the latency budget. Nodes left over are put
-on the layers where the swarm is thinnest, so routing can stitch them into chains.
+splits layers inside a pipeline so every stage spends the same time per request (its prompt at
+the node's FLOP/s plus its share of decode steps at the node's bandwidth, from measured figures),
+predicts throughput and latency with the performance model, and keeps the Q that gives the most
+tokens/s within the latency budget. Nodes left over are put on the layers where their own region
+is thinnest, so routing can stitch them into chains.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from .workload import LENGTH_SIGMA
 
 CONCURRENCY_GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 TPOT_BUDGET = 0.8  # share of the TPOT SLO a fully loaded pipeline may use; the rest is queueing slack
-TTFT_BUDGET = 0.3  # share of the TTFT SLO a long prompt's bare prefill may use
+TTFT_BUDGET = 0.5  # share of the TTFT SLO a planned prompt's bare prefill may use
 STITCHER_PREFILL_SHARE = 0.1  # a spare node whose prefill of a mean prompt takes more of the TTFT SLO stays idle
 # pipelines are planned for prompts up to this multiple of the mean; the router keeps longer prompts
 # off chains too slow for them (potluck.PREFILL_HOP_SHARE, TTFT_ROUTE_SHARE)
-PLANNED_PROMPT_FACTOR = 1.5
+PLANNED_PROMPT_FACTOR = 1.0
 P99_FACTOR = math.exp(2.326 * LENGTH_SIGMA - LENGTH_SIGMA**2 / 2)  # p99 / mean of a request length
 
 
@@ -129,6 +130,14 @@ class PipelineModel:
         self.tpot_budget = TPOT_BUDGET * ctx.slo.tpot_p50_s if strict else math.inf
         self.ttft_budget = TTFT_BUDGET * ctx.slo.ttft_p99_s if strict else math.inf
         self.cache: dict = {}
+
+    def layer_work(self, node: NodeSpec, batch: float) -> float:
+        """Seconds one layer on this node spends per request: its prompt, and its share of the decode
+        steps at this batch. Stages are levelled on this, so a prompt-heavy workload gives the
+        cards with the most FLOP/s more layers, and a decode-heavy one those with the most bandwidth."""
+        model, wl = self.ctx.model, self.ctx.workload
+        prompt = prefill_time(node, model, 1, int(wl.prompt_tokens_mean)) - STEP_OVERHEAD_S
+        return prompt + wl.output_tokens_mean * layer_decode_time(node, model, batch, self.context) / max(batch, 1.0)
 
     def links(self, stages: list[NodeSpec]) -> float:
         """Half round trips around the ring (the last stage sends the token back to the first)."""
@@ -237,7 +246,7 @@ def _build_pipeline(members: list[NodeSpec], q: int, pm: PipelineModel) -> tuple
                 + [layers_that_fit(members[last], model, kv, model.lm_head_bytes)])
     order = [members[k] for k in index]
     batch = q / len(order)
-    times = [layer_decode_time(n, model, batch, pm.context) for n in order]
+    times = [pm.layer_work(n, batch) for n in order]
     counts = split_layers(times, caps, model.num_layers)
     if counts is None:
         return None
@@ -323,25 +332,31 @@ def best_pipelines(nodes: list[NodeSpec], pm: PipelineModel) -> tuple[list[Pipel
 
 def plan_pipelines(nodes: list[NodeSpec], pm: PipelineModel) -> tuple[list[Pipeline], list[NodeSpec], int]:
     """Pipelines inside each region first (round trips there are short), each region with its own
-    reservation; then regions' leftovers together, if the round trips between them allow."""
+    reservation q; then the nodes of regions that could not form a pipeline of their own together,
+    if the round trips between them allow. Nodes of a region that has pipelines stay there as
+    stitchers: routes keep to one region, so a cross-region pipeline made of them would be used only
+    when their region's own chains are full. Returns the smallest q chosen."""
     by_region: dict[str, list[NodeSpec]] = {}
     for n in nodes:
         by_region.setdefault(n.region, []).append(n)
     pipelines: list[Pipeline] = []
     leftover: list[NodeSpec] = []
+    stranded: list[NodeSpec] = []
     qs = []
     for region in sorted(by_region):
         pipes, rest, q = best_pipelines(by_region[region], pm)
+        if pipes:
+            pipelines += pipes
+            leftover += rest
+            qs.append(q)
+        else:
+            stranded += rest
+    if len({n.region for n in stranded}) > 1:
+        pipes, stranded, q = best_pipelines(stranded, pm)
         pipelines += pipes
-        leftover += rest
         if pipes:
             qs.append(q)
-    if len({n.region for n in leftover}) > 1:
-        pipes, leftover, q = best_pipelines(leftover, pm)
-        pipelines += pipes
-        if pipes:
-            qs.append(q)
-    return pipelines, leftover, (min(qs) if qs else 1)
+    return pipelines, leftover + stranded, (min(qs) if qs else 1)
 
 
 def layer_rates(pipelines: list[Pipeline], num_layers: int) -> np.ndarray:
@@ -403,9 +418,17 @@ def _allocate(nodes: list[NodeSpec], pm: PipelineModel) -> Plan:
     for p in pipelines:
         for node, start, end in p.stages:
             assignment[node] = (start, end)
-    rates = layer_rates(pipelines, pm.ctx.model.num_layers)
-    ref_cycle = float(np.median([p.tpot_s for p in pipelines]))
-    stitchers = place_stitchers(leftover, q, rates, ref_cycle, pm, assignment)
+    # stitchers go where their own region is thinnest, since that is where their routes run; all
+    # size their layers for the smallest reservation any region chose (more layers, less cache each
+    # measured better on the volunteer swarm than each region's own q)
+    region_of = {n.id: n.region for n in nodes}
+    stitchers = []
+    for region in sorted({n.region for n in leftover}):
+        local = [p for p in pipelines if all(region_of[s[0]] == region for s in p.stages)] or pipelines
+        rates = layer_rates(local, pm.ctx.model.num_layers)
+        ref_cycle = float(np.median([p.tpot_s for p in local]))
+        stitchers += place_stitchers([n for n in leftover if n.region == region], q, rates, ref_cycle, pm,
+                                     assignment)
     return Plan(assignment, pipelines, stitchers, q)
 
 

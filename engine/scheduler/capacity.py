@@ -21,6 +21,7 @@ class CapacityResult:
     capacity_tok_s: float
     rate_per_s: float
     probes: list[tuple[float, bool, float]]  # (arrival rate, SLO met, output tok/s)
+    at_capacity: SimResult | None = None  # the run at the capacity rate
 
 
 def find_capacity(scenario: Scenario, policy: str, upper_bound_tok_s: float) -> CapacityResult:
@@ -70,4 +71,4 @@ def find_capacity(scenario: Scenario, policy: str, upper_bound_tok_s: float) -> 
             lo = mid
         else:
             hi = mid
-    return CapacityResult(cache[lo][1].output_tok_s, lo, probes)
+    return CapacityResult(cache[lo][1].output_tok_s, lo, probes, cache[lo][1])

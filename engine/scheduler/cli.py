@@ -42,7 +42,8 @@ def evaluate(scenario: Scenario, policies: list[str], search: bool = True) -> di
         capacity = find_capacity(scenario, name, bound) if search else None
         report["details"][name] = {"sim_wall_s": round(at_rate.wall_s, 2), "reroutes": at_rate.reroutes,
                                    "capacity_rate_per_s": capacity.rate_per_s if capacity else None,
-                                   "probes": capacity.probes if capacity else []}
+                                   "probes": capacity.probes if capacity else [],
+                                   "usage_at_capacity": capacity.at_capacity.usage if capacity and capacity.at_capacity else []}
         report["policies"][name] = {
             "capacity_tok_s": round(capacity.capacity_tok_s, 2) if capacity else None,
             "ttft_p50_s": _num(percentile(at_rate.ttft_s, 50)),

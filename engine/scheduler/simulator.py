@@ -20,7 +20,7 @@ import math
 import random
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .model import ModelShape
 from .perf import STEP_OVERHEAD_S
@@ -111,6 +111,7 @@ class SimResult:
     reroutes: int
     events: int
     wall_s: float
+    usage: list[dict] = field(default_factory=list)  # per hardware group over the window, see Simulator.usage
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -145,6 +146,8 @@ class Simulator:
         self.events = 0
         self.window_tokens = 0
         self.requests: list[Request] = []
+        self.busy_s: list[float] = []  # per node id: seconds of steps started in the measured window
+        self.flops_done: list[float] = []
 
     # bookkeeping ---------------------------------------------------------------------------
     def push(self, t: float, kind: int, a=None, b=None) -> None:
@@ -163,6 +166,8 @@ class Simulator:
             v.busy_until.append(0.0)
             v.utilization.append(0.0)
             self.util_t.append(0.0)
+            self.busy_s.append(0.0)
+            self.flops_done.append(0.0)
         return node
 
     def apply_assignment(self, new: Assignment, initial: bool = False) -> None:
@@ -348,6 +353,9 @@ class Simulator:
         dt = max(read / spec.bytes_per_s, flops / spec.flops_per_s) + STEP_OVERHEAD_S
         node.busy = True
         nid = spec.id
+        if self.now >= self.cfg.warmup_s:
+            self.busy_s[nid] += dt
+            self.flops_done[nid] += flops
         util = self.view.utilization
         decay = math.exp(-(self.now - self.util_t[nid]) / UTILIZATION_WINDOW_S)
         util[nid] = util[nid] * decay * math.exp(-dt / UTILIZATION_WINDOW_S) + 1 - math.exp(-dt / UTILIZATION_WINDOW_S)
@@ -529,7 +537,30 @@ class Simulator:
             completed=len(completed), failed=failed, unfinished=unfinished, measured=len(measured),
             output_tok_s=self.window_tokens / window, ttft_s=ttft, tpot_s=tpot,
             route_ms=[x * 1000 for x in self.route_s], alloc_ms=alloc_ms,
-            reroutes=sum(r.reroutes for r in measured), events=self.events, wall_s=wall_s)
+            reroutes=sum(r.reroutes for r in measured), events=self.events, wall_s=wall_s, usage=self.usage())
+
+    def usage(self) -> list[dict]:
+        """Where the time goes, per hardware group over the measured window: the share of time busy
+        with steps, the share of FLOP/s used, and the share of KV cache reserved at the end."""
+        window = self.cfg.duration_s - self.cfg.warmup_s
+        groups: dict[tuple, list[Node]] = {}
+        for node in self.nodes.values():
+            s = node.spec
+            groups.setdefault((s.region, s.memory_bytes, s.tflops, s.bandwidth_gbs, s.uplink_mbps), []).append(node)
+        rows = []
+        for (region, memory, tflops, bandwidth, uplink), nodes in sorted(groups.items()):
+            ids = [n.spec.id for n in nodes]
+            cap = sum(n.kv_cap for n in nodes if n.alive and n.span)
+            free = sum(self.view.kv_free[i] for i, n in zip(ids, nodes) if n.alive and n.span)
+            rows.append({
+                "region": region, "memory_gb": round(memory / 1e9, 3), "tflops": tflops,
+                "bandwidth_gbs": bandwidth, "uplink_mbps": uplink, "nodes": len(nodes),
+                "serving": sum(1 for n in nodes if n.alive and n.span),
+                "busy": round(sum(self.busy_s[i] for i in ids) / (len(ids) * window), 4),
+                "flops_used": round(sum(self.flops_done[i] for i in ids) / (len(ids) * tflops * 1e12 * window), 4),
+                "kv_reserved": round(1 - free / cap, 4) if cap > 0 else 0.0,
+            })
+        return rows
 
 def simulate(cfg: SimConfig, policy_name: str) -> SimResult:
     ctx = SwarmContext(cfg.model, cfg.rtt, cfg.workload, cfg.slo)
