@@ -38,14 +38,20 @@ the relaxation, and the reason the bound is an LP rather than a search.
 What it leaves out, and why: memory, memory bandwidth, RTT and the latency objectives cannot lower
 it validly on the shipped swarms. The only cycle time valid for every schedule is the bare chain
 (batch 1, fastest nodes, shortest links): ~60 ms on the heterogeneous swarm, against 0.1-0.4 s for
-loaded chains in the simulator; at 60 ms the KV cache that Little's law asks for fits in memory,
-the batches it implies fit the bandwidth, and slow nodes mixed into fast chains keep the average
-per-layer time within the TPOT objective. What holds real swarms well below the bound - prompt
-chunks sharing steps with decode tokens (a 256-token chunk makes a step up to 4x longer on a
-gaming card), queueing for steps and links, waiting for KV room - depends on timing, and a
-policy could trade it away (admitting requests in batches keeps prompts and decode apart, at a
-TTFT cost), so a worst-case argument cannot count it. Nor does the bound read the SLO, so it
-holds whatever share of requests a policy leaves slow.
+loaded chains in the simulator; at 60 ms the KV cache that Little's law asks for fits in memory, the
+batches it implies fit the bandwidth, and slow nodes mixed into fast chains keep the average
+per-layer time within the TPOT objective. Checked, not assumed: a version that also lets each node
+choose how many layers it holds and adds Little's law for the KV cache (every decode token keeps
+prompt + max_tokens of cache on all L layers for at least its bare cycle: each layer's weights at
+the node's bandwidth, one step overhead, half the shortest RTT and one hidden-state upload per run,
+the lm_head read; over the whole swarm, and per node with the fastest chain any node could join;
+request lengths split into quantile classes, so a policy that routes short requests to slow chains
+is covered) gives exactly the same optimum on all three shipped swarms. What holds real swarms well
+below the bound - prompt chunks sharing steps with decode tokens (a 256-token chunk makes a step up
+to 4x longer on a gaming card), queueing for steps and links, waiting for KV room - depends on
+timing, and a policy could trade it away (admitting requests in batches keeps prompts and decode
+apart, at a TTFT cost), so a worst-case argument cannot count it. Nor does the bound read the SLO,
+so it holds whatever share of requests a policy leaves slow.
 """
 
 from __future__ import annotations
