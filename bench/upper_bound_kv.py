@@ -55,7 +55,10 @@ def context_classes(workload, draws: int = 100_000) -> list[float]:
 
 
 def kv_bound(cfg) -> float:
-    from scipy.optimize import linprog
+    try:
+        from scipy.optimize import linprog
+    except ImportError:
+        raise SystemExit("bench/upper_bound_kv.py needs scipy for its linear programme: pip install scipy")
 
     nodes, shares = window_availability(cfg)
     model, workload = cfg.model, cfg.workload
