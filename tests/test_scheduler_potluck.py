@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
-from engine.scheduler.allocation import PipelineModel, allocate, split_layers
+import numpy as np
+
+from engine.scheduler.allocation import PipelineModel, allocate, place_stitchers, split_layers, thinnest_window
 from engine.scheduler.policy import SwarmContext
 from engine.scheduler.potluck import PotluckPolicy
 from engine.scheduler.scenario import load_scenario
@@ -73,6 +76,44 @@ def test_join_moves_no_one_and_leave_moves_only_spares():
     for s, e in after_leave.values():
         covered.update(range(s, e))
     assert covered == set(range(80))
+
+
+def test_spare_nodes_cover_the_thin_layer_they_are_placed_for():
+    """A thin last layer draws a spare node only with a window it can hold there (beside the
+    lm_head); it once drew a window one layer short, left the layer thin and so drew every spare
+    after it onto the same few layers."""
+    model = LLAMA_70B
+    small = node(1, 10, bandwidth_gbs=330)  # five layers inside the model, four beside the lm_head
+    rates = np.full(model.num_layers, 10.0)
+    rates[-1] = 0.0
+    assert thinnest_window(rates, small, model, 384) == (76, 80)
+    spares = [node(i, 10, bandwidth_gbs=330) for i in range(30)]
+    assignment = {}
+    slow_pipelines = 10.0  # seconds per token: every spare speeds them up
+    place_stitchers(spares, 1, rates, slow_pipelines, PipelineModel(context(model)), assignment)
+    windows = Counter(assignment.values())
+    assert sum(windows.values()) == len(spares)
+    assert windows.most_common(1)[0][1] <= 3  # spread over the model (it was 13 on layers 75-78)
+    assert any(e == model.num_layers for _, e in windows)
+
+
+def test_spares_slower_than_the_pipelines_stay_on_standby():
+    """12 GB cards beside a fast pipeline would drag every chain they join: they get no layers,
+    at allocation or on joining, and stay available to take over a leaver's layers."""
+    ctx = context(LLAMA_70B)
+    fast = {100 + i: node(100 + i, 76, tflops=250, bandwidth_gbs=1800) for i in range(2)}
+    slow = {i: node(i, 10, bandwidth_gbs=330) for i in range(6)}
+    quick = {50: node(50, 22, tflops=80, bandwidth_gbs=3000)}
+    policy = PotluckPolicy(ctx)
+    assignment = policy.allocate({**fast, **slow, **quick})
+    assert not set(slow) & set(assignment)
+    assert 50 in assignment
+    newcomer = node(7, 10, bandwidth_gbs=330)
+    assert policy.on_join(newcomer, {**fast, **slow, **quick, 7: newcomer}, assignment) == assignment
+    member = policy.plan.pipelines[0].stages[0][0]
+    rest = {i: n for i, n in {**fast, **slow, **quick}.items() if i != member}
+    after_leave = policy.on_leave(member, rest, assignment)
+    assert set(slow) & set(after_leave)
 
 
 def test_pipeline_model_predicts_slower_tokens_with_more_sessions():

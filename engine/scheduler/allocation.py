@@ -30,6 +30,7 @@ CONCURRENCY_GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256,
 TPOT_BUDGET = 0.8  # share of the TPOT SLO a fully loaded pipeline may use; the rest is queueing slack
 TTFT_BUDGET = 0.5  # share of the TTFT SLO a planned prompt's bare prefill may use
 STITCHER_PREFILL_SHARE = 0.1  # a spare node whose prefill of a mean prompt takes more of the TTFT SLO stays idle
+STITCHER_SLOWDOWN = 1.0  # a spare node slower per layer (hop included) than the planned pipelines stays idle
 # pipelines are planned for prompts up to this multiple of the mean; the router keeps longer prompts
 # off chains too slow for them (potluck.PREFILL_HOP_SHARE, TTFT_ROUTE_SHARE)
 PLANNED_PROMPT_FACTOR = 1.0
@@ -366,10 +367,50 @@ def layer_rates(pipelines: list[Pipeline], num_layers: int) -> np.ndarray:
     return rates
 
 
-def thinnest_window(rates: np.ndarray, length: int) -> int:
-    """Start of the `length` layers whose lowest summed token rate is lowest (ties: lowest sum)."""
-    windows = np.lib.stride_tricks.sliding_window_view(rates, length)
-    return int(np.argmin(windows.min(axis=1) + 1e-9 * windows.sum(axis=1)))
+def thinnest_window(rates: np.ndarray, node: NodeSpec, model: ModelShape, kv_tokens: float) -> tuple[int, int] | None:
+    """The layers (start, end) this node can hold beside kv_tokens of cache whose lowest summed
+    token rate is lowest (ties: lowest sum). A window at either end is shorter by the embedding or
+    lm_head it must hold too, so every candidate is sized for where it sits: a window chosen for a
+    thin last layer that the node then cannot hold would attract every newcomer to the same place."""
+    L = model.num_layers
+    whole = layers_that_fit(node, model, kv_tokens, model.embed_bytes + model.lm_head_bytes)
+    if whole >= L:
+        return 0, L
+    candidates = []
+    first = layers_that_fit(node, model, kv_tokens, model.embed_bytes)
+    if first > 0:
+        candidates.append((0, first))
+    last = layers_that_fit(node, model, kv_tokens, model.lm_head_bytes)
+    if last > 0:
+        candidates.append((L - last, L))
+    inner = min(layers_that_fit(node, model, kv_tokens), L - 2)
+    if inner > 0:
+        windows = np.lib.stride_tricks.sliding_window_view(rates[1:L - 1], inner)
+        score = windows.min(axis=1) + 1e-9 * windows.sum(axis=1)
+        start = 1 + int(np.argmin(score))
+        candidates.append((start, start + inner))
+    if not candidates:
+        return None
+    return min(candidates, key=lambda w: rates[w[0]:w[1]].min() + 1e-9 * rates[w[0]:w[1]].sum())
+
+
+def speeds_up_chains(node: NodeSpec, layers: int, ref_cycle: float, pm: PipelineModel) -> bool:
+    """Whether a spare node holding `layers` layers would help the chains routed through it.
+
+    Its prompt time must stay a small share of the TTFT objective, and its time per layer with
+    its hop included (at batch 1) must be no worse than the planned pipelines' per layer when
+    loaded. A slower stitcher drags every chain it joins, and the fast stages of that chain hold
+    their KV cache for the longer cycle: on the volunteer swarm, 12 GB cards as stitchers cut the
+    tokens served at the same arrival rate by 12%."""
+    model, ctx = pm.ctx.model, pm.ctx
+    prompt = int(ctx.workload.prompt_tokens_mean)
+    bare = prefill_time(node, model, layers, prompt) + transfer_time(node, model.hidden_state_bytes(prompt))
+    if bare > STITCHER_PREFILL_SHARE * ctx.slo.ttft_p99_s:
+        return False
+    hop = (ctx.rtt.rtt_s(node.region, node.region) / 2 + STEP_OVERHEAD_S
+           + transfer_time(node, model.hidden_state_bytes(1)))
+    per_layer = layer_decode_time(node, model, 1.0, pm.context) + hop / layers
+    return per_layer <= STITCHER_SLOWDOWN * ref_cycle / model.num_layers
 
 
 def place_stitchers(leftover: list[NodeSpec], q: int, rates: np.ndarray, ref_cycle: float,
@@ -378,20 +419,14 @@ def place_stitchers(leftover: list[NodeSpec], q: int, rates: np.ndarray, ref_cyc
     model = pm.ctx.model
     placed = []
     for node in sorted(leftover, key=node_speed_key):
-        m = layers_that_fit(node, model, q * pm.kv_tokens)
-        if m == 0:
-            m = layers_that_fit(node, model, pm.kv_tokens)
-        if m == 0:
+        window = (thinnest_window(rates, node, model, q * pm.kv_tokens)
+                  or thinnest_window(rates, node, model, pm.kv_tokens))
+        if window is None:
             continue
-        start = thinnest_window(rates, m)
-        while m > 0 and model.weight_bytes(start, start + m) + model.kv_bytes(pm.kv_tokens, m) > node.memory_bytes:
-            m -= 1  # room for embedding / lm_head at the ends
-        if m == 0:
-            continue
-        prompt = int(pm.ctx.workload.prompt_tokens_mean)
-        bare = prefill_time(node, model, m, prompt) + transfer_time(node, model.hidden_state_bytes(prompt))
-        if bare > STITCHER_PREFILL_SHARE * pm.ctx.slo.ttft_p99_s:
-            continue  # too slow on prompts to help; it stays on standby
+        start, end = window
+        m = end - start
+        if not speeds_up_chains(node, m, ref_cycle, pm):
+            continue  # it stays on standby: a spare for the layers of a node that leaves
         free = node.memory_bytes - model.weight_bytes(start, start + m)
         conc = free / model.kv_bytes(pm.kv_tokens, m)
         rates[start:start + m] += conc / max(ref_cycle, 1e-3)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .allocation import PipelineModel, Plan, SwarmTooSmall, allocate, layers_that_fit, thinnest_window
+from .allocation import PipelineModel, Plan, SwarmTooSmall, allocate, speeds_up_chains, thinnest_window
 from .perf import STEP_OVERHEAD_S, layer_decode_time
 from .policy import Assignment, Hop, LoadView, Policy, RouteRequest, SwarmContext, covers_all_layers
 from .routing import cheapest_per_group, cheapest_ring
@@ -59,16 +59,18 @@ class PotluckPolicy(Policy):
         model = self.ctx.model
         q = self.plan.concurrency if self.plan else 1
         kv = self.ctx.workload.kv_tokens_mean
-        m = layers_that_fit(node, model, q * kv) or layers_that_fit(node, model, kv)
-        if m == 0:
+        rates = self._layer_rates(nodes, current)
+        window = thinnest_window(rates, node, model, q * kv) or thinnest_window(rates, node, model, kv)
+        if window is None:
             return current
-        start = thinnest_window(self._layer_rates(nodes, current), m)
-        while m > 0 and model.weight_bytes(start, start + m) + model.kv_bytes(kv, m) > node.memory_bytes:
-            m -= 1
-        if m == 0:
-            return current
+        if self.plan and self.plan.pipelines:
+            local = [p for p in self.plan.pipelines
+                     if all(n in nodes and nodes[n].region == node.region for n, _, _ in p.stages)]
+            ref_cycle = float(np.median([p.tpot_s for p in local or self.plan.pipelines]))
+            if not speeds_up_chains(node, window[1] - window[0], ref_cycle, PipelineModel(self.ctx)):
+                return current  # on standby, like a slow spare at allocation
         new = dict(current)
-        new[node.id] = (start, start + m)
+        new[node.id] = window
         return new
 
     def on_leave(self, node_id: int, nodes: dict[int, NodeSpec], current: Assignment) -> Assignment:
