@@ -367,6 +367,16 @@ def layer_rates(pipelines: list[Pipeline], num_layers: int) -> np.ndarray:
     return rates
 
 
+def region_pipelines(pipelines: list[Pipeline], region: str, region_of: dict[int, str]) -> list[Pipeline]:
+    """The pipelines wholly inside `region` (all of them when it has none): where its spares' routes run."""
+    return [p for p in pipelines if all(region_of.get(s[0]) == region for s in p.stages)] or pipelines
+
+
+def reference_cycle(pipelines: list[Pipeline]) -> float:
+    """Typical loaded seconds per token of these pipelines, which a spare must not slow down."""
+    return float(np.median([p.tpot_s for p in pipelines]))
+
+
 def thinnest_window(rates: np.ndarray, node: NodeSpec, model: ModelShape, kv_tokens: float) -> tuple[int, int] | None:
     """The layers (start, end) this node can hold beside kv_tokens of cache whose lowest summed
     token rate is lowest (ties: lowest sum). A window at either end is shorter by the embedding or
@@ -459,9 +469,9 @@ def _allocate(nodes: list[NodeSpec], pm: PipelineModel) -> Plan:
     region_of = {n.id: n.region for n in nodes}
     stitchers = []
     for region in sorted({n.region for n in leftover}):
-        local = [p for p in pipelines if all(region_of[s[0]] == region for s in p.stages)] or pipelines
+        local = region_pipelines(pipelines, region, region_of)
         rates = layer_rates(local, pm.ctx.model.num_layers)
-        ref_cycle = float(np.median([p.tpot_s for p in local]))
+        ref_cycle = reference_cycle(local)
         stitchers += place_stitchers([n for n in leftover if n.region == region], q, rates, ref_cycle, pm,
                                      assignment)
     return Plan(assignment, pipelines, stitchers, q)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .allocation import PipelineModel, Plan, SwarmTooSmall, allocate, speeds_up_chains, thinnest_window
+from .allocation import (PipelineModel, Plan, SwarmTooSmall, allocate, reference_cycle, region_pipelines,
+                         speeds_up_chains, thinnest_window)
 from .perf import STEP_OVERHEAD_S, layer_decode_time
 from .policy import Assignment, Hop, LoadView, Policy, RouteRequest, SwarmContext, covers_all_layers
 from .routing import cheapest_per_group, cheapest_ring
@@ -64,9 +65,8 @@ class PotluckPolicy(Policy):
         if window is None:
             return current
         if self.plan and self.plan.pipelines:
-            local = [p for p in self.plan.pipelines
-                     if all(n in nodes and nodes[n].region == node.region for n, _, _ in p.stages)]
-            ref_cycle = float(np.median([p.tpot_s for p in local or self.plan.pipelines]))
+            region_of = {n: spec.region for n, spec in nodes.items()}
+            ref_cycle = reference_cycle(region_pipelines(self.plan.pipelines, node.region, region_of))
             if not speeds_up_chains(node, window[1] - window[0], ref_cycle, PipelineModel(self.ctx)):
                 return current  # on standby, like a slow spare at allocation
         new = dict(current)
