@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.scheduler.allocation import PipelineModel, allocate, place_stitchers, split_layers, thinnest_window
-from engine.scheduler.policy import SwarmContext
+from engine.scheduler.policy import RouteRequest, SwarmContext, covers_all_layers
 from engine.scheduler.potluck import PotluckPolicy
 from engine.scheduler.scenario import load_scenario
 from engine.scheduler.workload import Workload
@@ -114,6 +114,36 @@ def test_spares_slower_than_the_pipelines_stay_on_standby():
     rest = {i: n for i, n in {**fast, **slow, **quick}.items() if i != member}
     after_leave = policy.on_leave(member, rest, assignment)
     assert set(slow) & set(after_leave)
+
+
+def test_nodes_too_slow_to_stitch_serve_as_overflow_only_when_the_pipelines_are_full():
+    """12 GB cards that would drag the fast pipeline form an overflow pipeline of their own. Routes
+    use it only when the planned pipeline has no cache room, and never mix the two; a pipeline
+    member that leaves is still replaced, since overflow nodes do not count as covering its layers."""
+    from tests.scheduler_fixtures import idle_view
+
+    ctx = context(LLAMA_70B)
+    fast = {100 + i: node(100 + i, 76, tflops=250, bandwidth_gbs=1800) for i in range(2)}
+    slow = {i: node(i, 10, bandwidth_gbs=330) for i in range(20)}
+    nodes = {**fast, **slow}
+    policy = PotluckPolicy(ctx)
+    assignment = policy.allocate(nodes)
+    overflow = policy.plan.overflow_nodes
+    planned = {nid for p in policy.plan.pipelines for nid, _, _ in p.stages}
+    assert set(fast) <= planned
+    assert overflow and overflow <= set(slow) and not overflow & planned
+    view = idle_view(nodes, assignment, LLAMA_70B)
+    request = RouteRequest(0, prompt_tokens=128, kv_tokens=160)
+    assert {h.node for h in policy.route(request, nodes, assignment, view)} <= planned
+    view.kv_free[101] = 0.0  # one full stage: the rest of the pipeline must not be stitched to overflow
+    chain = policy.route(request, nodes, assignment, view)
+    assert chain and {h.node for h in chain} <= overflow
+    for nid in overflow:
+        view.kv_free[nid] = 0.0
+    assert policy.route(request, nodes, assignment, view) is None  # it waits for room
+    after = policy.on_leave(100, {i: n for i, n in nodes.items() if i != 100}, assignment)
+    replanned = policy.plan.overflow_nodes
+    assert covers_all_layers({n: r for n, r in after.items() if n not in replanned}, LLAMA_70B.num_layers)
 
 
 def test_pipeline_model_predicts_slower_tokens_with_more_sessions():

@@ -31,6 +31,9 @@ TPOT_BUDGET = 0.8  # share of the TPOT SLO a fully loaded pipeline may use; the 
 TTFT_BUDGET = 0.5  # share of the TTFT SLO a planned prompt's bare prefill may use
 STITCHER_PREFILL_SHARE = 0.1  # a spare node whose prefill of a mean prompt takes more of the TTFT SLO stays idle
 STITCHER_SLOWDOWN = 1.0  # a spare node slower per layer (hop included) than the planned pipelines stays idle
+# nodes too slow to stitch form overflow pipelines, planned for up to this multiple of the TPOT
+# objective: when the planned pipelines are full, a slower answer beats waiting for one
+OVERFLOW_TPOT_SHARE = 1.5
 # pipelines are planned for prompts up to this multiple of the mean; the router keeps longer prompts
 # off chains too slow for them (potluck.PREFILL_HOP_SHARE, TTFT_ROUTE_SHARE)
 PLANNED_PROMPT_FACTOR = 1.0
@@ -59,6 +62,11 @@ class Plan:
     pipelines: list[Pipeline] = field(default_factory=list)
     stitchers: list[int] = field(default_factory=list)
     concurrency: int = 0
+    overflow: list[Pipeline] = field(default_factory=list)  # used only when the pipelines are full
+
+    @property
+    def overflow_nodes(self) -> set[int]:
+        return {node for p in self.overflow for node, _, _ in p.stages}
 
     @property
     def tok_s(self) -> float:
@@ -121,14 +129,14 @@ def split_layers(times: list[float], caps: list[int], num_layers: int) -> list[i
 class PipelineModel:
     """Predicts a pipeline's tokens/s, TPOT and TTFT from the performance model."""
 
-    def __init__(self, ctx: SwarmContext, strict: bool = True):
+    def __init__(self, ctx: SwarmContext, strict: bool = True, tpot_share: float = TPOT_BUDGET):
         self.ctx = ctx
         wl = ctx.workload
         self.context = wl.decode_context_mean
         self.kv_tokens = wl.kv_tokens_mean
         self.long_prompt = min(wl.max_context, wl.prompt_tokens_mean * PLANNED_PROMPT_FACTOR)
         # without strict budgets (when nothing meets them) the swarm still serves, just slower
-        self.tpot_budget = TPOT_BUDGET * ctx.slo.tpot_p50_s if strict else math.inf
+        self.tpot_budget = tpot_share * ctx.slo.tpot_p50_s if strict else math.inf
         self.ttft_budget = TTFT_BUDGET * ctx.slo.ttft_p99_s if strict else math.inf
         self.cache: dict = {}
 
@@ -319,11 +327,12 @@ def node_speed_key(node: NodeSpec) -> float:
     return -node.bandwidth_gbs
 
 
-def best_pipelines(nodes: list[NodeSpec], pm: PipelineModel) -> tuple[list[Pipeline], list[NodeSpec], int]:
+def best_pipelines(nodes: list[NodeSpec], pm: PipelineModel, grid: tuple[int, ...] = CONCURRENCY_GRID,
+                   mixes: tuple[bool, ...] = (False, True)) -> tuple[list[Pipeline], list[NodeSpec], int]:
     """The KV reservation q (from the grid) whose pipelines give these nodes the most tokens/s."""
     best: tuple[float, int, list[Pipeline], list[NodeSpec]] = (0.0, 1, [], list(nodes))
-    for q in CONCURRENCY_GRID:
-        for mix in (False, True):
+    for q in grid:
+        for mix in mixes:
             pipelines, leftover = form_pipelines(nodes, q, pm, mix)
             total = sum(p.tok_s for p in pipelines)
             if total > best[0]:
@@ -448,7 +457,9 @@ def place_stitchers(leftover: list[NodeSpec], q: int, rates: np.ndarray, ref_cyc
 def allocate(nodes: list[NodeSpec], ctx: SwarmContext) -> Plan:
     check_swarm_fits(nodes, ctx)
     plan = _allocate(nodes, PipelineModel(ctx))
-    if not plan.pipelines:
+    if plan.pipelines:
+        add_overflow(plan, nodes, PipelineModel(ctx, tpot_share=OVERFLOW_TPOT_SHARE))
+    else:
         plan = _allocate(nodes, PipelineModel(ctx, strict=False))
     if not plan.pipelines:
         ensure_coverage(nodes, plan, ctx)
@@ -475,6 +486,26 @@ def _allocate(nodes: list[NodeSpec], pm: PipelineModel) -> Plan:
         stitchers += place_stitchers([n for n in leftover if n.region == region], q, rates, ref_cycle, pm,
                                      assignment)
     return Plan(assignment, pipelines, stitchers, q)
+
+
+def add_overflow(plan: Plan, nodes: list[NodeSpec], pm: PipelineModel) -> None:
+    """Pipelines, each inside one region, of the nodes left on standby, planned for a looser TPOT.
+
+    Routing uses them only when the planned pipelines have no cache room, and never mixes the two:
+    a slow stage in a fast chain would hold the fast stages' cache for its slower cycle (see
+    speeds_up_chains). On the volunteer swarm these are the 12 GB cards, idle otherwise."""
+    by_region: dict[str, list[NodeSpec]] = {}
+    for n in nodes:
+        if n.id not in plan.assignment:
+            by_region.setdefault(n.region, []).append(n)
+    for region in sorted(by_region):
+        # the nodes left are alike (slow): mixing fast and slow ends gains nothing, and their
+        # predicted rate barely moves with q, so a coarse grid keeps allocation fast at 1000 nodes
+        pipes, _, _ = best_pipelines(by_region[region], pm, grid=CONCURRENCY_GRID[::3], mixes=(False,))
+        for p in pipes:
+            plan.overflow.append(p)
+            for node, start, end in p.stages:
+                plan.assignment[node] = (start, end)
 
 
 def ensure_coverage(nodes: list[NodeSpec], plan: Plan, ctx: SwarmContext) -> None:

@@ -1,9 +1,10 @@
 """Potluck's own policy: KV-aware pipeline allocation + load-aware stitching routes.
 
-Joins and leaves are incremental: a newcomer takes the thinnest layers without moving anyone;
-a leaver's layers are taken over by spare nodes only when no one else covers them. A global
-re-plan happens only when its predicted gain over the next minutes beats the tokens lost while
-moved nodes reload their weights.
+Nodes too slow to join the planned pipelines form overflow pipelines of their own, which take
+requests only while the planned ones have no cache room. Joins and leaves are incremental: a
+newcomer takes the thinnest layers without moving anyone; a leaver's layers are taken over by spare
+nodes only when no one else covers them. A global re-plan happens only when its predicted gain over
+the next minutes beats the tokens lost while moved nodes reload their weights.
 """
 
 from __future__ import annotations
@@ -75,9 +76,12 @@ class PotluckPolicy(Policy):
 
     def on_leave(self, node_id: int, nodes: dict[int, NodeSpec], current: Assignment) -> Assignment:
         new = {n: r for n, r in current.items() if n != node_id and n in nodes}
-        if covers_all_layers(new, self.ctx.model.num_layers):
+        # overflow pipelines do not count: routing keeps them apart from the planned ones
+        overflow = self.plan.overflow_nodes if self.plan else set()
+        planned = {n: r for n, r in new.items() if n not in overflow}
+        if covers_all_layers(planned, self.ctx.model.num_layers):
             return new
-        gap = self._uncovered(new)
+        gap = self._uncovered(planned)
         filled = self._fill_gaps(gap, nodes, new)
         if filled is not None:
             return filled
@@ -109,10 +113,10 @@ class PotluckPolicy(Policy):
         return [int(x) for x in np.flatnonzero(~covered)]
 
     def _fill_gaps(self, gap: list[int], nodes: dict[int, NodeSpec], assignment: Assignment) -> Assignment | None:
-        """Move stitchers / idle nodes (never pipeline members) onto uncovered layers."""
+        """Move stitchers / idle nodes (never pipeline or overflow members) onto uncovered layers."""
         model = self.ctx.model
         kv = self.ctx.workload.kv_tokens_mean
-        in_pipeline = {s[0] for p in (self.plan.pipelines if self.plan else []) for s in p.stages}
+        in_pipeline = {s[0] for p in (self.plan.pipelines + self.plan.overflow if self.plan else []) for s in p.stages}
         spare = sorted((n for n in nodes.values() if n.id not in in_pipeline),
                        key=lambda n: -n.memory_bytes)
         new = dict(assignment)
@@ -174,6 +178,8 @@ class PotluckPolicy(Policy):
         self._bw = np.array([nodes[n].bytes_per_s for n in ids]) if rows else np.zeros(0)
         self._flops = np.array([nodes[n].flops_per_s for n in ids]) if rows else np.zeros(0)
         self._uplink = np.array([nodes[n].uplink_mbps * 1e6 / 8 for n in ids]) if rows else np.zeros(0)
+        overflow = self.plan.overflow_nodes if self.plan else set()
+        self._overflow = np.array([n in overflow for n in ids], dtype=bool)
         self._kv_cap = np.array([nodes[n].memory_bytes - model.weight_bytes(s, e) for n, s, e, _ in rows])
 
     def route(self, request: RouteRequest, nodes: dict[int, NodeSpec], current: Assignment,
@@ -261,7 +267,10 @@ class PotluckPolicy(Policy):
             return chain
 
         has_room = ready & (kv_free >= need)
-        chain = search(has_room, self._within_region)
+        chain = search(has_room & ~self._overflow, self._within_region)
+        if chain is None and self._overflow.any():
+            # the planned pipelines are full: the overflow pipelines answer, slower, on their own
+            chain = search(has_room & self._overflow, self._within_region)
         if chain is None:
             # out of cache room within every region: wait (no route now; the request is asked for
             # again as caches free) rather than cross regions, which only a swarm without any
