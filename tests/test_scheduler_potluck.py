@@ -141,6 +141,14 @@ def test_nodes_too_slow_to_stitch_serve_as_overflow_only_when_the_pipelines_are_
     for nid in overflow:
         view.kv_free[nid] = 0.0
     assert policy.route(request, nodes, assignment, view) is None  # it waits for room
+    # an overflow stage's node leaves and a similar machine joins: it takes that stage's layers
+    gone = sorted(overflow)[0]
+    rest = {i: n for i, n in nodes.items() if i != gone}
+    shrunk = policy.on_leave(gone, rest, assignment)
+    assert gone not in shrunk
+    newcomer = node(500, 10, bandwidth_gbs=330)
+    rejoined = policy.on_join(newcomer, {**rest, 500: newcomer}, shrunk)
+    assert rejoined[500] == assignment[gone] and 500 in policy.plan.overflow_nodes
     after = policy.on_leave(100, {i: n for i, n in nodes.items() if i != 100}, assignment)
     replanned = policy.plan.overflow_nodes
     assert covers_all_layers({n: r for n, r in after.items() if n not in replanned}, LLAMA_70B.num_layers)

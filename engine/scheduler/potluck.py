@@ -69,10 +69,30 @@ class PotluckPolicy(Policy):
             region_of = {n: spec.region for n, spec in nodes.items()}
             ref_cycle = reference_cycle(region_pipelines(self.plan.pipelines, node.region, region_of))
             if not speeds_up_chains(node, window[1] - window[0], ref_cycle, PipelineModel(self.ctx)):
-                return current  # on standby, like a slow spare at allocation
+                return self._replace_overflow_stage(node, nodes, current)
         new = dict(current)
         new[node.id] = window
         return new
+
+    def _replace_overflow_stage(self, node: NodeSpec, nodes: dict[int, NodeSpec], current: Assignment) -> Assignment:
+        """A newcomer too slow to stitch takes the layers of an overflow stage whose node has left,
+        if it can hold them with that pipeline's cache (volunteers leave and others with similar
+        machines join, so the overflow pipelines stay whole under churn); else it stays on standby."""
+        model, kv = self.ctx.model, self.ctx.workload.kv_tokens_mean
+        for pipe in self.plan.overflow:
+            regions = {nodes[n].region for n, _, _ in pipe.stages if n in nodes}
+            if regions != {node.region}:
+                continue
+            for k, (nid, start, end) in enumerate(pipe.stages):
+                if nid in nodes:
+                    continue
+                need = model.weight_bytes(start, end) + model.kv_bytes(pipe.concurrency * kv, end - start)
+                if need <= node.memory_bytes:
+                    pipe.stages[k] = (node.id, start, end)
+                    new = dict(current)
+                    new[node.id] = (start, end)
+                    return new
+        return current
 
     def on_leave(self, node_id: int, nodes: dict[int, NodeSpec], current: Assignment) -> Assignment:
         new = {n: r for n, r in current.items() if n != node_id and n in nodes}
