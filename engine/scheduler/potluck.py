@@ -136,7 +136,8 @@ class PotluckPolicy(Policy):
         """Move stitchers / idle nodes (never pipeline or overflow members) onto uncovered layers."""
         model = self.ctx.model
         kv = self.ctx.workload.kv_tokens_mean
-        in_pipeline = {s[0] for p in (self.plan.pipelines + self.plan.overflow if self.plan else []) for s in p.stages}
+        in_pipeline = ({s[0] for p in self.plan.pipelines for s in p.stages} | self.plan.overflow_nodes
+                       if self.plan else set())
         spare = sorted((n for n in nodes.values() if n.id not in in_pipeline),
                        key=lambda n: -n.memory_bytes)
         new = dict(assignment)
