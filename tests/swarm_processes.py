@@ -60,6 +60,11 @@ class NodeProcess:
         response.raise_for_status()
         return response.json()
 
+    def health(self) -> dict:
+        response = self.http.get("/health")
+        response.raise_for_status()
+        return response.json()
+
     def wait_for(self, condition, what: str, timeout: float = 120.0):
         """Poll /swarm (the readiness signal) until condition(snapshot) holds."""
         deadline = time.monotonic() + timeout
