@@ -109,24 +109,3 @@ def test_potluck_routes_through_a_slow_hop_when_it_is_the_only_way():
     policy.allocate(nodes)
     hops = policy.route(RouteRequest(1, 900, 1000), nodes, assignment, idle_view(nodes, assignment, context().model))
     assert [h.node for h in hops] == [0, 1]
-
-
-def test_potluck_keeps_away_from_a_node_until_it_has_worked_off_its_prompts():
-    # two replicas, each one node; node 0 reads its weights a little faster, so an idle swarm
-    # prefers it. A 4000-token prompt is 32 s of prefill at 2 TFLOP/s: twenty seconds later node 0
-    # is still busy with it (a backlog that merely decayed with time would be forgotten by then),
-    # and once that work is done node 0 takes new requests again
-    nodes = {0: node(0, 24, tflops=2, bandwidth_gbs=600), 1: node(1, 24, tflops=2, bandwidth_gbs=590)}
-    assignment = {0: (0, 16), 1: (0, 16)}
-    policy = make_policy("potluck", context())
-    policy.allocate(nodes)
-    view = idle_view(nodes, assignment, context().model)
-
-    def route_at(t: float, rid: int, prompt: int) -> int:
-        view.now = t
-        [hop] = policy.route(RouteRequest(rid, prompt, prompt + 20), nodes, assignment, view)
-        return hop.node
-
-    assert route_at(0.0, 1, 4000) == 0
-    assert route_at(20.0, 2, 10) == 1
-    assert route_at(40.0, 3, 10) == 0

@@ -13,7 +13,7 @@ import numpy as np
 
 from .allocation import (PipelineModel, Plan, SwarmTooSmall, allocate, reference_cycle, region_pipelines,
                          speeds_up_chains, thinnest_window)
-from .perf import STEP_OVERHEAD_S, layer_decode_time, transfer_time
+from .perf import STEP_OVERHEAD_S, layer_decode_time
 from .policy import Assignment, Hop, LoadView, Policy, RouteRequest, SwarmContext, covers_all_layers
 from .routing import cheapest_per_group, cheapest_ring
 from .topology import NodeSpec
@@ -23,6 +23,7 @@ RELOAD_GBS = 2.0  # weight loading speed assumed when pricing a re-plan
 MAX_REPLAN_MOVES = 0.25  # a global re-plan may move at most this share of the serving nodes
 MAX_UTILIZATION = 0.97
 PREFILL_HOP_SHARE = 0.1  # a hop whose prefill takes more of the TTFT objective is a last resort
+PROMPT_LOAD_DECAY_S = 2.0  # how long a routed prompt is assumed to keep a node busy
 TTFT_ROUTE_SHARE = 0.3  # share of the TTFT objective a chain's bare prefill may take before it is re-planned
 
 
@@ -42,10 +43,9 @@ class PotluckPolicy(Policy):
         self._spans_key = None
         self._spans: list[tuple[int, int, int, int]] = []
         self._token_time_target = ctx.slo.tpot_p50_s
-        # seconds of prompt work (prefill and upload) routed to each node and not yet done, as a
-        # fluid queue: the node works it off at its own speed, so a slow node's queue stays long
-        self._prompt_backlog = np.zeros(0)
-        self._prompt_backlog_t = 0.0
+        # prompt tokens recently sent through each node (decaying): the prefill queue it has now
+        self._prompt_load = np.zeros(0)
+        self._prompt_load_t = 0.0
 
     # phase 1 -----------------------------------------------------------------------------
     def allocate(self, nodes: dict[int, NodeSpec]) -> Assignment:
@@ -259,11 +259,12 @@ class PotluckPolicy(Policy):
         fixed = fixed + slow_penalty
         full = full + slow_penalty
         # queued prompts ahead of this one: their prefill and upload, at this node's speeds
-        if len(self._prompt_backlog) <= ids.max():
-            self._prompt_backlog = np.concatenate([self._prompt_backlog, np.zeros(ids.max() + 1 - len(self._prompt_backlog))])
-        self._prompt_backlog = np.maximum(0.0, self._prompt_backlog - (view.now - self._prompt_backlog_t))
-        self._prompt_backlog_t = view.now
-        backlog = self._prompt_backlog[ids]
+        if len(self._prompt_load) <= ids.max():
+            self._prompt_load = np.concatenate([self._prompt_load, np.zeros(ids.max() + 1 - len(self._prompt_load))])
+        self._prompt_load *= np.exp(-(view.now - self._prompt_load_t) / PROMPT_LOAD_DECAY_S)
+        self._prompt_load_t = view.now
+        queued = self._prompt_load[ids]
+        backlog = queued * (layers * F / self._flops + model.hidden_state_bytes(1) / self._uplink)
         fixed = fixed + backlog * prefill_weight
         full = full + backlog * prefill_weight
         bare_prefill = bare_prefill + backlog
@@ -300,10 +301,6 @@ class PotluckPolicy(Policy):
             chain = search(has_room, self._half_rtt)
         if chain is None:
             return None
-        upload = model.hidden_state_bytes(request.prompt_tokens)
-        for k, (n, start, end) in enumerate(chain):
-            node = nodes[n]
-            self._prompt_backlog[n] += request.prompt_tokens * (end - start) * F / node.flops_per_s
-            if k < len(chain) - 1:  # the last stage has no prompt to pass on
-                self._prompt_backlog[n] += transfer_time(node, upload)
+        for n, _, _ in chain:
+            self._prompt_load[n] += request.prompt_tokens
         return [Hop(n, s, e) for n, s, e in chain]
