@@ -154,6 +154,33 @@ def test_nodes_too_slow_to_stitch_serve_as_overflow_only_when_the_pipelines_are_
     assert covers_all_layers({n: r for n, r in after.items() if n not in replanned}, LLAMA_70B.num_layers)
 
 
+def test_an_overflow_pipeline_is_left_alone_until_it_has_worked_off_a_long_prompt():
+    """Overflow nodes are slow at prompts: routing remembers a prompt sent to one of them for as long
+    as its prefill and upload take there (about 17 s per node here), not for a fixed few seconds."""
+    from tests.scheduler_fixtures import idle_view
+
+    ctx = context(LLAMA_70B)
+    fast = {100 + i: node(100 + i, 76, tflops=250, bandwidth_gbs=1800) for i in range(2)}
+    slow = {i: node(i, 10, tflops=10, bandwidth_gbs=300 + 2 * i, uplink_mbps=100) for i in range(40)}
+    nodes = {**fast, **slow}
+    policy = PotluckPolicy(ctx)
+    assignment = policy.allocate(nodes)
+    pipelines = [{n for n, _, _ in p.stages} for p in policy.plan.overflow]
+    assert len(pipelines) == 2
+    view = idle_view(nodes, assignment, LLAMA_70B)
+    view.kv_free[101] = 0.0  # the planned pipeline is full
+
+    def pipeline_at(t: float, rid: int, prompt: int) -> int:
+        view.now = t
+        chain = {h.node for h in policy.route(RouteRequest(rid, prompt, prompt + 20), nodes, assignment, view)}
+        [which] = [i for i, p in enumerate(pipelines) if chain <= p]
+        return which
+
+    first = pipeline_at(0.0, 1, 8000)  # the faster of the two
+    assert pipeline_at(12.0, 2, 10) != first
+    assert pipeline_at(20.0, 3, 10) == first
+
+
 def test_pipeline_model_predicts_slower_tokens_with_more_sessions():
     ctx = context(LLAMA_70B)
     pm = PipelineModel(ctx)

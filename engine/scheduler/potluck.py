@@ -13,7 +13,7 @@ import numpy as np
 
 from .allocation import (PipelineModel, Plan, SwarmTooSmall, allocate, reference_cycle, region_pipelines,
                          speeds_up_chains, thinnest_window)
-from .perf import STEP_OVERHEAD_S, layer_decode_time
+from .perf import STEP_OVERHEAD_S, layer_decode_time, transfer_time
 from .policy import Assignment, Hop, LoadView, Policy, RouteRequest, SwarmContext, covers_all_layers
 from .routing import cheapest_per_group, cheapest_ring
 from .topology import NodeSpec
@@ -46,6 +46,11 @@ class PotluckPolicy(Policy):
         # prompt tokens recently sent through each node (decaying): the prefill queue it has now
         self._prompt_load = np.zeros(0)
         self._prompt_load_t = 0.0
+        # and the seconds of prompt work not yet done, worked off at one second per second. Routing
+        # reads it for overflow nodes only, whose prompts outlast the fading memory above (a Mac
+        # needs 1-2 s per stage for a mean prompt); on the planned pipelines' fast cards the fading
+        # memory steers better, since they interleave prompts with decode steps (README, Scheduler)
+        self._prompt_work = np.zeros(0)
 
     # phase 1 -----------------------------------------------------------------------------
     def allocate(self, nodes: dict[int, NodeSpec]) -> Assignment:
@@ -260,11 +265,16 @@ class PotluckPolicy(Policy):
         full = full + slow_penalty
         # queued prompts ahead of this one: their prefill and upload, at this node's speeds
         if len(self._prompt_load) <= ids.max():
-            self._prompt_load = np.concatenate([self._prompt_load, np.zeros(ids.max() + 1 - len(self._prompt_load))])
-        self._prompt_load *= np.exp(-(view.now - self._prompt_load_t) / PROMPT_LOAD_DECAY_S)
+            grow = np.zeros(ids.max() + 1 - len(self._prompt_load))
+            self._prompt_load = np.concatenate([self._prompt_load, grow])
+            self._prompt_work = np.concatenate([self._prompt_work, grow])
+        elapsed = view.now - self._prompt_load_t
+        self._prompt_load *= np.exp(-elapsed / PROMPT_LOAD_DECAY_S)
+        self._prompt_work = np.maximum(0.0, self._prompt_work - elapsed)
         self._prompt_load_t = view.now
         queued = self._prompt_load[ids]
         backlog = queued * (layers * F / self._flops + model.hidden_state_bytes(1) / self._uplink)
+        backlog = np.where(self._overflow, np.maximum(backlog, self._prompt_work[ids]), backlog)
         fixed = fixed + backlog * prefill_weight
         full = full + backlog * prefill_weight
         bare_prefill = bare_prefill + backlog
@@ -301,6 +311,9 @@ class PotluckPolicy(Policy):
             chain = search(has_room, self._half_rtt)
         if chain is None:
             return None
-        for n, _, _ in chain:
+        upload = model.hidden_state_bytes(request.prompt_tokens)
+        for n, start, end in chain:
             self._prompt_load[n] += request.prompt_tokens
+            node = nodes[n]
+            self._prompt_work[n] += request.prompt_tokens * (end - start) * F / node.flops_per_s + transfer_time(node, upload)
         return [Hop(n, s, e) for n, s, e in chain]
