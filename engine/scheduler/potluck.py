@@ -315,5 +315,7 @@ class PotluckPolicy(Policy):
         for n, start, end in chain:
             self._prompt_load[n] += request.prompt_tokens
             node = nodes[n]
+            # FLOPs alone, not perf.prefill_time's roofline: the two differ only for prompts shorter
+            # than FLOP/s / bandwidth (at most 80 tokens on the volunteer swarm's overflow cards), a few ms
             self._prompt_work[n] += request.prompt_tokens * (end - start) * F / node.flops_per_s + transfer_time(node, upload)
         return [Hop(n, s, e) for n, s, e in chain]
