@@ -25,6 +25,10 @@ MAX_UTILIZATION = 0.97
 PREFILL_HOP_SHARE = 0.1  # a hop whose prefill takes more of the TTFT objective is a last resort
 PROMPT_LOAD_DECAY_S = 2.0  # how long a routed prompt is assumed to keep a node busy
 TTFT_ROUTE_SHARE = 0.3  # share of the TTFT objective a chain's bare prefill may take before it is re-planned
+# a planned node with more queued prompt work than this share of the TTFT objective takes no new
+# prompt while an overflow pipeline has room: when empty pipelines fill (at start, after a re-plan)
+# or a burst arrives, cache room outlasts prefill room by many seconds
+PROMPT_QUEUE_SHARE = 0.2
 
 
 class PotluckPolicy(Policy):
@@ -275,6 +279,10 @@ class PotluckPolicy(Policy):
         queued = self._prompt_load[ids]
         backlog = queued * (layers * F / self._flops + model.hidden_state_bytes(1) / self._uplink)
         backlog = np.where(self._overflow, np.maximum(backlog, self._prompt_work[ids]), backlog)
+        # planned nodes working through a long prompt queue pass new prompts to the overflow pipelines
+        # (README, Scheduler); both estimates, since either may undercount a queue
+        calm = ~self._overflow.any() | (np.maximum(backlog, self._prompt_work[ids])
+                                        <= PROMPT_QUEUE_SHARE * self.ctx.slo.ttft_p99_s)
         fixed = fixed + backlog * prefill_weight
         full = full + backlog * prefill_weight
         bare_prefill = bare_prefill + backlog
@@ -298,10 +306,14 @@ class PotluckPolicy(Policy):
             return chain
 
         has_room = ready & (kv_free >= need)
-        chain = search(has_room & ~self._overflow, self._within_region)
+        planned = has_room & ~self._overflow
+        chain = search(planned & calm, self._within_region)
         if chain is None and self._overflow.any():
-            # the planned pipelines are full: the overflow pipelines answer, slower, on their own
+            # the planned pipelines are full or busy with prompts: the overflow pipelines answer,
+            # slower, on their own
             chain = search(has_room & self._overflow, self._within_region)
+        if chain is None and not calm.all():
+            chain = search(planned, self._within_region)
         if chain is None:
             # out of cache room within every region: wait (no route now; the request is asked for
             # again as caches free) rather than cross regions, which only a swarm without any
