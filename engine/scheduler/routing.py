@@ -21,12 +21,26 @@ def cheapest_ring(num_layers: int, spans: list[tuple[int, int, int, int]], per_l
     starts = sorted({sp[3] for sp in spans if sp[1] == 0})
     best, best_cost = None, INF
     for region in starts:
-        allowed = [k for k, sp in enumerate(spans) if sp[1] > 0 or sp[3] == region]
+        # only regions a chain can reach from its first stage (all of them, unless hops between
+        # regions are ruled out): the others' spans would only slow the search down
+        reach = reachable(region, half_rtt)
+        allowed = [k for k, sp in enumerate(spans) if sp[3] in reach and (sp[1] > 0 or sp[3] == region)]
         found = cheapest_chain(num_layers, [spans[k] for k in allowed], [per_layer[k] for k in allowed],
                                [fixed[k] for k in allowed], half_rtt, close_to=region)
         if found is not None and found[1] < best_cost:
             best, best_cost = found[0], found[1]
     return best
+
+
+def reachable(region: int, half_rtt: list[list[float]]) -> set[int]:
+    seen, todo = {region}, [region]
+    while todo:
+        r = todo.pop()
+        for g, cost in enumerate(half_rtt[r]):
+            if cost < INF and g not in seen:
+                seen.add(g)
+                todo.append(g)
+    return seen
 
 
 def cheapest_chain(num_layers: int, spans: list[tuple[int, int, int, int]], per_layer: list[float],
