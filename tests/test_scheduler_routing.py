@@ -7,7 +7,7 @@ import statistics
 import time
 
 from engine.scheduler.policy import RouteRequest, make_policy
-from engine.scheduler.routing import cheapest_chain, cheapest_ring
+from engine.scheduler.routing import cheapest_chain, cheapest_ring, reachable
 from tests.scheduler_fixtures import LLAMA_70B, context, idle_view, node
 
 HALF_RTT_ONE_REGION = [[0.0]]
@@ -22,6 +22,20 @@ def test_stitches_the_fast_parts_of_two_replicas():
     # node ids repeat per span on purpose: a span is (node, start, end, region)
     chain, cost = cheapest_chain(8, spans, [1.0, 5.0, 5.0, 1.0], [0.1, 0.1, 0.1, 0.1], HALF_RTT_ONE_REGION)
     assert chain == [(1, 0, 4), (2, 4, 8)] and abs(cost - 8.2) < 1e-9
+
+
+def test_a_ring_search_skips_only_regions_its_first_stage_cannot_reach():
+    inf = float("inf")
+    apart = [[0.0, inf, inf], [inf, 0.0, inf], [inf, inf, 0.0]]
+    relay = [[0.0, 0.02, inf], [0.02, 0.0, 0.03], [inf, 0.03, 0.0]]  # 0 reaches 2 through 1
+    assert reachable(0, apart) == {0} and reachable(0, relay) == {0, 1, 2}
+    # region 0 holds only the first half, region 2 the whole model: with hops between regions
+    # ruled out, the chain lies in region 2; with them allowed, region 0's fast half starts it
+    spans = [(1, 0, 4, 0), (2, 0, 8, 2), (3, 4, 8, 2)]
+    per_layer, fixed = [0.1, 1.0, 0.1], [0.5, 0.5, 0.5]
+    assert cheapest_ring(8, spans, per_layer, fixed, apart) == [(2, 0, 4), (3, 4, 8)]
+    near = [[0.0 if r == g else 0.02 for g in range(3)] for r in range(3)]
+    assert cheapest_ring(8, spans, per_layer, fixed, near) == [(1, 0, 4), (3, 4, 8)]
 
 
 def test_may_enter_and_leave_a_span_at_any_layer():
