@@ -25,9 +25,10 @@ MAX_UTILIZATION = 0.97
 PREFILL_HOP_SHARE = 0.1  # a hop whose prefill takes more of the TTFT objective is a last resort
 PROMPT_LOAD_DECAY_S = 2.0  # how long a routed prompt is assumed to keep a node busy
 TTFT_ROUTE_SHARE = 0.3  # share of the TTFT objective a chain's bare prefill may take before it is re-planned
-# a planned node with more queued prompt work than this share of the TTFT objective takes no new
-# prompt while an overflow pipeline has room: when empty pipelines fill (at start, after a re-plan)
-# or a burst arrives, cache room outlasts prefill room by many seconds
+# a node with more queued prompt work than this share of the TTFT objective takes no new prompt
+# while a calmer pipeline has room: when empty pipelines fill (at start, after a re-plan) or a burst
+# arrives, cache room outlasts prefill room by many seconds. Only where there are overflow pipelines
+# to turn to; elsewhere routing's cost already weighs the queue
 PROMPT_QUEUE_SHARE = 0.2
 
 
@@ -279,8 +280,8 @@ class PotluckPolicy(Policy):
         queued = self._prompt_load[ids]
         backlog = queued * (layers * F / self._flops + model.hidden_state_bytes(1) / self._uplink)
         backlog = np.where(self._overflow, np.maximum(backlog, self._prompt_work[ids]), backlog)
-        # planned nodes working through a long prompt queue pass new prompts to the overflow pipelines
-        # (README, Scheduler); both estimates, since either may undercount a queue
+        # nodes working through a long prompt queue take new prompts only when nothing calmer has room
+        # (PROMPT_QUEUE_SHARE); both estimates, since either may undercount a queue
         calm = ~self._overflow.any() | (np.maximum(backlog, self._prompt_work[ids])
                                         <= PROMPT_QUEUE_SHARE * self.ctx.slo.ttft_p99_s)
         fixed = fixed + backlog * prefill_weight
@@ -307,13 +308,16 @@ class PotluckPolicy(Policy):
 
         has_room = ready & (kv_free >= need)
         planned = has_room & ~self._overflow
+        overflow = has_room & self._overflow
+        # planned pipelines first; the overflow pipelines answer, slower and on their own, when the
+        # planned ones are full or busy with prompts; of two busy ones, the planned one
         chain = search(planned & calm, self._within_region)
-        if chain is None and self._overflow.any():
-            # the planned pipelines are full or busy with prompts: the overflow pipelines answer,
-            # slower, on their own
-            chain = search(has_room & self._overflow, self._within_region)
+        if chain is None and overflow.any():
+            chain = search(overflow & calm, self._within_region)
         if chain is None and not calm.all():
             chain = search(planned, self._within_region)
+        if chain is None and overflow.any() and not calm.all():
+            chain = search(overflow, self._within_region)
         if chain is None:
             # out of cache room within every region: wait (no route now; the request is asked for
             # again as caches free) rather than cross regions, which only a swarm without any
