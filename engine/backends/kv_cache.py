@@ -92,8 +92,11 @@ class SlotKVCache:
     def abort(self) -> None:
         self._step = None
 
-    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, cache_kwargs=None):
-        """Called by transformers' attention: store this step's keys/values, return all of them."""
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *_, **__):
+        """Called by transformers' attention: store this step's keys/values, return all of them.
+
+        The extra arguments (`cache_kwargs` before transformers 5.24, `kwargs=` since) carry nothing
+        this cache needs: positions come from begin()."""
         step = self._step
         keys, values = self.keys[layer_idx], self.values[layer_idx]
         if step.uniform_past is not None:

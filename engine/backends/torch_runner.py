@@ -10,6 +10,7 @@ requests, each with its own cache and position.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,7 @@ class TorchShardRunner:
         with self.device:  # the meta skeleton left RoPE's inv_freq buffer empty: build it anew
             self.rotary = type(inner.rotary_emb)(config=self.config)
         self.windows = [_window(self.config, layer, start + i) for i, layer in enumerate(self.layers)]
+        self.cache_keyword = _cache_keyword(self.layers[0])
         self.cache = SlotKVCache(len(self.layers), self.spec.num_kv_heads, self.spec.head_dim,
                                  self.dtype, self.device)
 
@@ -133,7 +135,7 @@ class TorchShardRunner:
             for layer, window in zip(self.layers[lo - self.start:hi - self.start],
                                      self.windows[lo - self.start:hi - self.start]):
                 hidden = layer(hidden, attention_mask=masks[window], position_ids=positions,
-                               past_key_values=self.cache, use_cache=True, position_embeddings=rotary)
+                               use_cache=True, position_embeddings=rotary, **{self.cache_keyword: self.cache})
         except BaseException:
             self.cache.abort()  # lengths stay as they were: the step never happened
             raise
@@ -184,6 +186,13 @@ def _window(config, layer, index: int) -> int | None:
     if layer_types is not None:
         return window if layer_types[index] == "sliding_attention" else None
     return window
+
+
+def _cache_keyword(layer: nn.Module) -> str:
+    """The decoder layer's name for its cache argument: transformers 5.24 renamed `past_key_values`
+    to `cache` (the old name is only a deprecated alias until 5.40)."""
+    parameters = inspect.signature(layer.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def _load_shard(checkpoint: Checkpoint, start: int, end: int, device: torch.device, dtype: torch.dtype):
