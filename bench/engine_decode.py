@@ -93,7 +93,8 @@ def main() -> int:
     from transformers import AutoModelForCausalLM
 
     pipeline = LocalPipeline(path, device="cpu", dtype=args.dtype)
-    hf = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).eval()
+    # use_kernels=False: the reference is transformers' own code (5.25 otherwise fetches Hub kernels)
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype), use_kernels=False).eval()
     spec = pipeline.spec
     one, eight = prompts(1, spec.vocab_size), prompts(8, spec.vocab_size)
 

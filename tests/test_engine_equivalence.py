@@ -29,7 +29,9 @@ def reference(make_checkpoint):
     def get(arch):
         if arch not in cache:
             path = make_checkpoint(arch, max_shard_size="60KB") if arch == "llama" else make_checkpoint(arch)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa").eval()
+            # use_kernels=False: transformers 5.25 otherwise fetches kernels from the Hub at load time
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa",
+                                                         use_kernels=False).eval()
             ids = torch.tensor([PROMPT])
             with torch.no_grad():
                 logits = model(ids).logits[0]
