@@ -12,9 +12,19 @@ from engine.scheduler.policy import RouteRequest, SwarmContext, covers_all_layer
 from engine.scheduler.potluck import PotluckPolicy
 from engine.scheduler.scenario import load_scenario
 from engine.scheduler.workload import Workload
-from tests.scheduler_fixtures import LLAMA_70B, RTT, SLO, context, node
+from tests.scheduler_fixtures import LLAMA_70B, RTT, SLO, context, idle_view, node
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "resources" / "scenarios"
+
+
+def fast_pipeline_and_overflow(slow: dict) -> tuple[dict, PotluckPolicy, dict, object]:
+    """Two A100s, which form the planned pipeline, beside `slow` nodes too slow to stitch into it:
+    (nodes, policy, assignment, an idle load view)."""
+    fast = {100 + i: node(100 + i, 76, tflops=250, bandwidth_gbs=1800) for i in range(2)}
+    nodes = {**fast, **slow}
+    policy = PotluckPolicy(context(LLAMA_70B))
+    assignment = policy.allocate(nodes)
+    return nodes, policy, assignment, idle_view(nodes, assignment, LLAMA_70B)
 
 
 def test_split_levels_stage_time_by_per_layer_time():
@@ -120,19 +130,13 @@ def test_nodes_too_slow_to_stitch_serve_as_overflow_only_when_the_pipelines_are_
     """12 GB cards that would drag the fast pipeline form an overflow pipeline of their own. Routes
     use it only when the planned pipeline has no cache room, and never mix the two; a pipeline
     member that leaves is still replaced, since overflow nodes do not count as covering its layers."""
-    from tests.scheduler_fixtures import idle_view
-
-    ctx = context(LLAMA_70B)
-    fast = {100 + i: node(100 + i, 76, tflops=250, bandwidth_gbs=1800) for i in range(2)}
     slow = {i: node(i, 10, bandwidth_gbs=330) for i in range(20)}
-    nodes = {**fast, **slow}
-    policy = PotluckPolicy(ctx)
-    assignment = policy.allocate(nodes)
+    nodes, policy, assignment, view = fast_pipeline_and_overflow(slow)
+    fast = set(nodes) - set(slow)
     overflow = policy.plan.overflow_nodes
     planned = {nid for p in policy.plan.pipelines for nid, _, _ in p.stages}
     assert set(fast) <= planned
     assert overflow and overflow <= set(slow) and not overflow & planned
-    view = idle_view(nodes, assignment, LLAMA_70B)
     request = RouteRequest(0, prompt_tokens=128, kv_tokens=160)
     assert {h.node for h in policy.route(request, nodes, assignment, view)} <= planned
     view.kv_free[101] = 0.0  # one full stage: the rest of the pipeline must not be stitched to overflow
@@ -157,17 +161,10 @@ def test_nodes_too_slow_to_stitch_serve_as_overflow_only_when_the_pipelines_are_
 def test_an_overflow_pipeline_is_left_alone_until_it_has_worked_off_a_long_prompt():
     """Overflow nodes are slow at prompts: routing remembers a prompt sent to one of them for as long
     as its prefill and upload take there (about 17 s per node here), not for a fixed few seconds."""
-    from tests.scheduler_fixtures import idle_view
-
-    ctx = context(LLAMA_70B)
-    fast = {100 + i: node(100 + i, 76, tflops=250, bandwidth_gbs=1800) for i in range(2)}
     slow = {i: node(i, 10, tflops=10, bandwidth_gbs=300 + 2 * i, uplink_mbps=100) for i in range(40)}
-    nodes = {**fast, **slow}
-    policy = PotluckPolicy(ctx)
-    assignment = policy.allocate(nodes)
+    nodes, policy, assignment, view = fast_pipeline_and_overflow(slow)
     pipelines = [{n for n, _, _ in p.stages} for p in policy.plan.overflow]
     assert len(pipelines) == 2
-    view = idle_view(nodes, assignment, LLAMA_70B)
     view.kv_free[101] = 0.0  # the planned pipeline is full
 
     def pipeline_at(t: float, rid: int, prompt: int) -> int:
@@ -185,17 +182,10 @@ def test_prompts_pass_to_the_overflow_pipeline_while_the_planned_one_works_throu
     """A planned pipeline with cache room but seconds of prompts queued (it filled faster than it can
     prefill) sends the next prompt to the overflow pipeline, unless that is as busy, and takes
     prompts again once it has worked the queue off (README, Scheduler)."""
-    from tests.scheduler_fixtures import idle_view
-
-    ctx = context(LLAMA_70B)
-    fast = {100 + i: node(100 + i, 76, tflops=250, bandwidth_gbs=1800) for i in range(2)}
     slow = {i: node(i, 10, bandwidth_gbs=330) for i in range(20)}
-    nodes = {**fast, **slow}
-    policy = PotluckPolicy(ctx)
-    assignment = policy.allocate(nodes)
+    nodes, policy, assignment, view = fast_pipeline_and_overflow(slow)
     overflow = policy.plan.overflow_nodes
     [pipeline] = [{n for n, _, _ in p.stages} for p in policy.plan.pipelines]
-    view = idle_view(nodes, assignment, LLAMA_70B)
 
     def route(t: float, rid: int) -> set[int]:
         view.now = t
@@ -225,8 +215,6 @@ def test_pipeline_model_predicts_slower_tokens_with_more_sessions():
 
 
 def test_no_global_replan_without_a_gain_worth_the_reload():
-    from tests.scheduler_fixtures import idle_view
-
     ctx = context(LLAMA_70B)
     nodes = {i: node(i, 24, bandwidth_gbs=900) for i in range(14)}
     policy = PotluckPolicy(ctx)
