@@ -3,7 +3,10 @@
 Physics (identical for every policy; nothing here knows which policy runs):
 - a node runs one step at a time over everything queued at it (continuous batching): it reads
   the weights of the layers the batch touches once, each request's KV cache, and does the FLOPs
-  of every token; step time comes from engine.scheduler.perf;
+  of every token; step time comes from engine.scheduler.perf. A step prefills at most the node's
+  chunk of prompt tokens (perf.prefill_chunk_tokens: the roofline ridge of its measured FLOP/s and
+  bandwidth), the rest of a started prompt first; a prompt's hidden states move on when all its
+  chunks are done (engine/swarm/stage.py batches the same way);
 - a hop costs RTT/2 plus serialisation on the sender's uplink (one transfer at a time);
 - a request reserves KV cache (prompt + max_tokens) on every node of its chain when admitted and
   frees it when done; if the chain has no room it waits and is retried when memory frees;
@@ -23,12 +26,11 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .model import ModelShape
-from .perf import STEP_OVERHEAD_S
+from .perf import STEP_OVERHEAD_S, prefill_chunk_tokens
 from .policy import Assignment, Hop, LoadView, Policy, RouteRequest, SwarmContext, make_policy
 from .topology import NodeSpec, RttTable
 from .workload import Slo, Workload, sample_request
 
-PREFILL_CHUNK_TOKENS = 256  # chunked prefill: prompt tokens a step takes, so decode is not stalled
 MIN_MICROBATCH = 8  # a step takes at least this many decode tokens when they are queued
 REBALANCE_PERIOD_S = 60.0
 UTILIZATION_WINDOW_S = 5.0  # time constant of the busy-fraction average nodes report
@@ -81,11 +83,12 @@ class Request:
 
 class Node:
     __slots__ = ("spec", "alive", "span", "kv_cap", "queue", "busy", "uplink_free", "bulk_free", "requests",
-                 "load_token", "region")
+                 "load_token", "region", "chunk")
 
-    def __init__(self, spec: NodeSpec, region: int):
+    def __init__(self, spec: NodeSpec, region: int, chunk: int):
         self.spec = spec
         self.region = region
+        self.chunk = chunk  # prompt tokens a step prefills (perf.prefill_chunk_tokens)
         self.alive = True
         self.span: tuple[int, int] | None = None
         self.kv_cap = 0.0
@@ -155,7 +158,8 @@ class Simulator:
         heapq.heappush(self.heap, (t, self.seq, kind, a, b))
 
     def add_node(self, spec: NodeSpec) -> Node:
-        node = Node(spec, self.region_index[spec.region])
+        node = Node(spec, self.region_index[spec.region],
+                    prefill_chunk_tokens(spec.flops_per_s, spec.bytes_per_s, self.model))
         self.nodes[spec.id] = node
         self.specs[spec.id] = spec
         v = self.view
@@ -294,7 +298,7 @@ class Simulator:
         where done = -1 for a decode token, else prompt tokens already prefilled at this hop."""
         items = []
         rest = []
-        budget = PREFILL_CHUNK_TOKENS
+        budget = node.chunk
         lo, hi = self.L, 0
         kv_tokens = 0
         tokens = 0
@@ -374,7 +378,7 @@ class Simulator:
             if req.epoch != epoch:
                 continue
             if 0 <= done < tok:
-                node.queue.append((req, epoch, h, tok, done))  # more of the prompt to prefill here
+                node.queue.insert(0, (req, epoch, h, tok, done))  # the rest of the prompt, before newer work
                 continue
             hops = req.hops
             if h + 1 < len(hops):

@@ -47,8 +47,8 @@ the node's bandwidth, one step overhead, half the shortest RTT and one hidden-st
 the lm_head read; over the whole swarm, and per node with the fastest chain any node could join;
 request lengths split into quantile classes, so a policy that routes short requests to slow chains
 is covered) gives exactly the same optimum on all three shipped swarms. What holds real swarms well
-below the bound - prompt chunks sharing steps with decode tokens (a 256-token chunk makes a step up
-to 4x longer on a gaming card), queueing for steps and links, waiting for KV room - depends on
+below the bound - prompt chunks sharing steps with decode tokens (a chunk at the roofline ridge about
+doubles a decode step), queueing for steps and links, waiting for KV room - depends on
 timing, and a policy could trade it away (admitting requests in batches keeps prompts and decode
 apart, at a TTFT cost), so a worst-case argument cannot count it. Nor does the bound read the SLO,
 so it holds whatever share of requests a policy leaves slow.

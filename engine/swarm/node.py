@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.model.errors import CheckpointError
+from engine.scheduler.model import ModelShape
+from engine.scheduler.perf import prefill_chunk_tokens
 from engine.swarm.membership import NoRoute, SwarmScheduler
 from engine.swarm.origin import RouteUnavailable
 from engine.swarm.peer import Peer
@@ -62,7 +64,6 @@ class Node:
         from engine.model.spec import ModelSpec
         from engine.model.tokenizer import load_tokenizer, stop_token_ids
         from engine.profile import load_or_measure
-        from engine.scheduler.model import ModelShape
 
         self.opts = opts
         self.backend = pick_backend(opts.backend)
@@ -274,9 +275,16 @@ class Node:
         if self.assigned != target:
             return  # reassigned while loading
         self._count_tokens_of_old_stage()
-        self.peer.serve(runner, self.wire_dtype)
+        self.peer.serve(runner, self.wire_dtype, self._prefill_chunk_tokens(runner.spec))
         self.ready_range = target
         log.info("serving layers %d-%d", target[0], target[1] - 1)
+
+    def _prefill_chunk_tokens(self, spec) -> int:
+        """Prompt tokens per step for this machine, from its measured profile (as the scheduler's
+        simulator assumes)."""
+        flops = max(self.profile.matmul_tflops_half, 1e-3) * 1e12
+        return prefill_chunk_tokens(flops, max(self.profile.bandwidth_gbs, 1e-3) * 1e9,
+                                    ModelShape(**spec.as_scheduler_shape()))
 
     def _count_tokens_of_old_stage(self) -> None:
         if self.peer.stage is not None:

@@ -3,6 +3,12 @@
 `accept` runs on Lattica's thread and only checks and enqueues (a slow handler would block the
 node's network loop). One worker thread runs the model: each step it takes everything pending and
 makes one forward pass per (kind, span) group, so concurrent requests decode together.
+
+Prompts are prefilled in chunks of at most `prefill_chunk_tokens` per step, so a long prompt does
+not stall the decode tokens of every other request on this node for its whole forward pass; a
+prompt's hidden states go on to the next stage once all its chunks are done. The node sizes the
+chunk from its measured profile (engine.scheduler.perf.prefill_chunk_tokens), and the swarm
+simulator batches the same way.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ class Work:
     kind: str
     step: int
     inputs: np.ndarray  # [T] int64 token ids, or [T, H] hidden states in the wire dtype (engine.backends.host)
+    done: int = 0  # prompt tokens of a prefill already run here (it takes several steps in chunks)
+    outputs: list[np.ndarray] = field(default_factory=list)  # their hidden states, for the next stage
 
 
 class StageWorker:
@@ -59,8 +67,13 @@ class StageWorker:
     Backend-neutral: inputs go to the runner as numpy arrays and its outputs come back through
     runner.to_numpy, so an MLX node runs this without torch."""
 
-    def __init__(self, runner, send, peer_id: str, wire_dtype: str | None = None, idle_timeout_s: float = 300.0):
+    def __init__(self, runner, send, peer_id: str, wire_dtype: str | None = None, idle_timeout_s: float = 300.0,
+                 prefill_chunk_tokens: int = 256):
+        if prefill_chunk_tokens < 1:
+            raise ValueError(f"prefill_chunk_tokens must be at least 1, got {prefill_chunk_tokens}")
         self.runner, self.send, self.peer_id = runner, send, peer_id
+        self.prefill_chunk_tokens = prefill_chunk_tokens
+        self._carried: list[Work] = []  # prompts with chunks still to run, first in the next step
         self.spec = runner.spec
         self.wire_dtype = wire_dtype or runner.dtype_name
         self.idle_timeout_s = idle_timeout_s
@@ -147,10 +160,12 @@ class StageWorker:
 
     def _loop(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
+            batch, self._carried = self._carried, []
+            if not batch:
+                first = self._queue.get()
+                if first is None:
+                    return
+                batch = [first]
             while True:
                 try:
                     item = self._queue.get_nowait()
@@ -172,7 +187,8 @@ class StageWorker:
             self._expire_idle()
 
     def _step(self, batch: list[Work]) -> None:
-        groups: dict[tuple, list[Work]] = {}
+        groups: dict[tuple, list[tuple[Work, int]]] = {}  # -> (work, prompt tokens it runs now)
+        budget = self.prefill_chunk_tokens
         for work in batch:
             if work.kind == "release":
                 self.runner.release(work.request_id)
@@ -181,38 +197,58 @@ class StageWorker:
             if state is None:  # released while queued
                 self.runner.release(work.request_id)
                 continue
-            groups.setdefault((work.kind, state.span), []).append(work)
+            if work.kind == "prefill":
+                if budget == 0:
+                    self._carried.append(work)
+                    continue
+                take = min(budget, work.inputs.shape[0] - work.done)
+                budget -= take
+            else:
+                take = 1
+            groups.setdefault((work.kind, state.span), []).append((work, take))
         for (kind, span), works in groups.items():
             try:
                 self._run(kind, span, works)
             except Exception as exc:
                 log.exception("forward failed")
-                for work in works:
+                for work, _ in works:
                     self._fail(work.request_id, f"stage {self.peer_id[-8:]} failed: {exc}")
 
-    def _run(self, kind: str, span: tuple[int, int], works: list[Work]) -> None:
-        ids = [w.request_id for w in works]
-        lengths = [w.inputs.shape[0] for w in works]
+    def _run(self, kind: str, span: tuple[int, int], chunks: list[tuple[Work, int]]) -> None:
+        ids = [w.request_id for w, _ in chunks]
+        lengths = [take for _, take in chunks]
         width = max(lengths)
         first = span[0] == 0
-        shape = (len(works), width) if first else (len(works), width, self.spec.hidden_size)
+        shape = (len(chunks), width) if first else (len(chunks), width, self.spec.hidden_size)
         inputs = np.zeros(shape, dtype=np.int64 if first else HOST_DTYPES[self.wire_dtype])
-        for row, work in enumerate(works):
-            inputs[row, :lengths[row]] = work.inputs
+        for row, (work, take) in enumerate(chunks):
+            inputs[row, :take] = work.inputs[work.done:work.done + take]
         if kind == "prefill":
             out = self.runner.prefill(ids, inputs, lengths, span=span)
         else:
             out = self.runner.decode(ids, inputs, span=span)
         self.served_tokens += sum(lengths)
-        if span[1] == self.spec.num_layers:
-            self._emit_tokens(works, self.runner.to_numpy(out))
+        last = span[1] == self.spec.num_layers
+        out = self.runner.to_numpy(out) if last else self.runner.to_numpy(out, self.wire_dtype)
+        complete = []  # rows whose input is all done: a decode token, or a prompt's last chunk
+        for row, (work, take) in enumerate(chunks):
+            work.done += take
+            if kind == "prefill" and not last:
+                work.outputs.append(out[row, :take])
+            if work.done < work.inputs.shape[0]:
+                self._carried.append(work)
+            else:
+                complete.append(row)
+        if last:
+            if complete:
+                self._emit_tokens([chunks[row][0] for row in complete], out[complete])
         else:
-            out = self.runner.to_numpy(out, self.wire_dtype)
-            for row, work in enumerate(works):
+            for row in complete:
+                work = chunks[row][0]
                 state = self.requests.get(work.request_id)
                 if state is None:
                     continue
-                rows = out[row, :lengths[row]]
+                rows = out[row, :1] if kind == "decode" else np.concatenate(work.outputs)
                 hidden = Tensor(self.wire_dtype, rows.shape, rows.tobytes())
                 nxt = state.route[state.hop + 1]
                 self._push(work.request_id, nxt.peer_id, {

@@ -1,0 +1,91 @@
+"""Chunked prefill in a node's stage: a real torch shard on a random checkpoint, driven through
+StageWorker.accept as Lattica would, with the messages it sends recorded instead of delivered."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from engine.backends.torch_runner import TorchShardRunner
+from engine.scheduler.model import ModelShape
+from engine.scheduler.perf import MAX_CHUNK_TOKENS, MIN_CHUNK_TOKENS, prefill_chunk_tokens
+from engine.swarm.stage import StageWorker
+from engine.swarm.wire import Message
+
+PROMPT = [(7 * i + 3) % 250 + 1 for i in range(70)]
+
+
+class Outbox:
+    def __init__(self):
+        self.sent, self.lock = [], threading.Lock()
+        self.token = threading.Event()
+
+    def __call__(self, peer, kind, body, tensors):
+        with self.lock:
+            self.sent.append((peer, kind, body, tensors))
+        if kind == "stage.token":
+            self.token.set()
+
+
+def prefill_message(rid, route, tokens, max_tokens=1):
+    body = {"request_id": rid, "kind": "prefill", "step": 0, "origin": "o", "hop": 0, "route": route,
+            "tokens": tokens, "sampling": {"max_tokens": max_tokens}}
+    return Message("stage.forward", "1", "o", body, {})
+
+
+def hidden_of(message) -> np.ndarray:
+    tensor = message[3]["hidden"]
+    return np.frombuffer(tensor.data, dtype=np.float32).reshape(tensor.shape)
+
+
+@pytest.mark.parametrize("chunk", [16, 1000])
+def test_a_prompt_prefilled_in_chunks_forwards_the_same_hidden_states(make_checkpoint, chunk):
+    path = make_checkpoint("llama")
+    reference = TorchShardRunner(path, 0, 3, device="cpu", dtype="float32")
+    expected = reference.to_numpy(reference.prefill(["r"], np.array([PROMPT])))[0]
+
+    outbox = Outbox()
+    stage = StageWorker(TorchShardRunner(path, 0, 3, device="cpu", dtype="float32"), outbox, "me",
+                        "float32", prefill_chunk_tokens=chunk)
+    stage.accept(prefill_message("r", [["me", 0, 3], ["next", 3, 8]], PROMPT))
+    stage.close()
+
+    assert [(peer, kind) for peer, kind, _, _ in outbox.sent] == [("next", "stage.forward")]
+    np.testing.assert_allclose(hidden_of(outbox.sent[0]), expected, rtol=1e-4, atol=1e-4)
+    assert stage.steps == -(-len(PROMPT) // chunk)  # one step per chunk
+    assert stage.runner.cache.length["r"] == len(PROMPT)
+
+
+def test_decode_is_not_held_up_by_a_long_prompt(make_checkpoint):
+    """A decode step that arrives while a long prompt is being prefilled is served within a
+    chunk, not after the whole prompt (which a single-pass prefill would make it wait for)."""
+    path = make_checkpoint("llama")
+    outbox = Outbox()
+    stage = StageWorker(TorchShardRunner(path, 0, 8, device="cpu", dtype="float32"), outbox, "me",
+                        "float32", prefill_chunk_tokens=8)
+    route = [["me", 0, 8]]
+    stage.accept(prefill_message("short", route, PROMPT[:3], max_tokens=2))
+    assert outbox.token.wait(30)
+    first_token = next(body["token"] for _, kind, body, _ in outbox.sent if kind == "stage.token")
+
+    long_prompt = PROMPT * 3  # 210 tokens: 27 chunks of 8
+    stage.accept(prefill_message("long", route, long_prompt))
+    decode = {"request_id": "short", "kind": "decode", "step": 1, "origin": "o", "hop": 0, "route": route,
+              "tokens": [first_token]}
+    stage.accept(Message("stage.forward", "2", "me", decode, {}))
+    stage.close()
+
+    tokens = [body["request_id"] for _, kind, body, _ in outbox.sent if kind == "stage.token"]
+    assert tokens == ["short", "short", "long"], tokens
+    assert stage.runner.cache.length.get("long") == len(long_prompt)
+
+
+def test_the_chunk_is_the_roofline_ridge_within_bounds():
+    llama70b = ModelShape(num_layers=80, layer_bytes=1711308800, embed_bytes=2101346304,
+                          lm_head_bytes=2101362688, kv_bytes_per_token_layer=4096,
+                          flops_per_token_layer=1711308800, hidden_size=8192, dtype_bytes=2)
+    # bf16 weights: 2 FLOPs per parameter and 2 bytes per parameter, so the ridge is FLOP/s over bytes/s
+    assert prefill_chunk_tokens(700e12, 3000e9, llama70b) == 233  # H100
+    assert prefill_chunk_tokens(60e12, 900e9, llama70b) == 67  # RTX 3090 / 4090 class
+    assert prefill_chunk_tokens(1e12, 50e9, llama70b) == MIN_CHUNK_TOKENS  # a CPU
+    assert prefill_chunk_tokens(5000e12, 3000e9, llama70b) == MAX_CHUNK_TOKENS
