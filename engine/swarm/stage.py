@@ -236,7 +236,7 @@ class StageWorker:
             if kind == "prefill" and not last:
                 work.outputs.append(out[row, :take])
             if work.done < work.inputs.shape[0]:
-                self._carried.append(work)
+                self._carried.insert(0, work)  # a started prompt goes on before prompts not begun
             else:
                 complete.append(row)
         if last:
