@@ -147,3 +147,24 @@ def test_capacity_probes_pool_independent_arrival_draws():
     assert sorted(at.ttft_s) == sorted(runs[0].ttft_s + runs[1].ttft_s)
     assert at.output_tok_s == pytest.approx((runs[0].output_tok_s + runs[1].output_tok_s) / 2)
     assert meets_slo(at, scenario.slo)
+
+
+def test_a_prompt_passes_the_stages_of_a_chain_in_pipelined_chunks():
+    """Alike nodes with a share of the layers each, one request at a time: each prefill chunk moves
+    on as soon as it is done, so a long prompt's first token comes after about the largest stage's
+    share of its FLOPs (here 6 of 16 layers). Forwarding a prompt only when all its chunks are done
+    would take at least the FLOPs of all the stages."""
+    scenario = tiny(nodes=[{"count": 4, "memory_gb": 3.5, "tflops": 50, "bandwidth_gbs": 500, "region": "eu",
+                            "uplink_mbps": 10000}],
+                    workload={"arrival_rate_per_s": 0.05, "prompt_tokens_mean": 2048, "output_tokens_mean": 2,
+                              "max_context": 8192},
+                    duration_s=400, warmup_s=0)
+    cfg = scenario.sim_config()
+    sim = simulator_module.Simulator(cfg, simulator_module.make_policy("exo", simulator_module.SwarmContext(
+        cfg.model, cfg.rtt, cfg.workload, cfg.slo)))
+    sim.run()
+    served = [r for r in sim.requests if r.first_t is not None and r.prompt >= 1024]
+    assert len(served) >= 5 and all(len(r.hops) >= 3 for r in served)
+    for r in served:
+        all_stages = r.prompt * cfg.model.num_layers * cfg.model.flops_per_token_layer / 50e12
+        assert r.first_t - r.arrival < 0.6 * all_stages, (r.prompt, r.first_t - r.arrival, all_stages)

@@ -39,7 +39,8 @@ class Swarm:
                 return Transport(tmp_path / f"p{i}", ("127.0.0.1", free_port()), "pipeline-test", on_message,
                                  bootstrap=[boot] if boot else None)
             peer = Peer(factory, self.route_for, **origin_options)
-            peer.serve(TorchShardRunner(checkpoint, start, end, "cpu", "float32"))
+            # 4-token chunks: prompts go from stage to stage in parts, over real Lattica
+            peer.serve(TorchShardRunner(checkpoint, start, end, "cpu", "float32"), prefill_chunk_tokens=4)
             self.serving[peer.peer_id] = (start, end)
             self.peers.append(peer)
             boot = boot or peer.transport.multiaddr

@@ -10,7 +10,7 @@ from engine.backends.torch_runner import TorchShardRunner
 from engine.scheduler.model import ModelShape
 from engine.scheduler.perf import MAX_CHUNK_TOKENS, MIN_CHUNK_TOKENS, prefill_chunk_tokens
 from engine.swarm.stage import StageWorker
-from engine.swarm.wire import Message
+from engine.swarm.wire import Message, Tensor, WireError
 
 PROMPT = [(7 * i + 3) % 250 + 1 for i in range(70)]
 
@@ -39,7 +39,7 @@ def hidden_of(message) -> np.ndarray:
 
 
 @pytest.mark.parametrize("chunk", [16, 1000])
-def test_a_prompt_prefilled_in_chunks_forwards_the_same_hidden_states(make_checkpoint, chunk):
+def test_each_chunk_goes_on_as_a_prompt_part_with_the_hidden_states_of_one_pass(make_checkpoint, chunk):
     path = make_checkpoint("llama")
     reference = TorchShardRunner(path, 0, 3, device="cpu", dtype="float32")
     expected = reference.to_numpy(reference.prefill(["r"], np.array([PROMPT])))[0]
@@ -50,10 +50,68 @@ def test_a_prompt_prefilled_in_chunks_forwards_the_same_hidden_states(make_check
     stage.accept(prefill_message("r", [["me", 0, 3], ["next", 3, 8]], PROMPT))
     stage.close()
 
-    assert [(peer, kind) for peer, kind, _, _ in outbox.sent] == [("next", "stage.forward")]
-    np.testing.assert_allclose(hidden_of(outbox.sent[0]), expected, rtol=1e-4, atol=1e-4)
-    assert stage.steps == -(-len(PROMPT) // chunk)  # one step per chunk
+    parts = -(-len(PROMPT) // chunk)
+    assert [(peer, kind) for peer, kind, _, _ in outbox.sent] == [("next", "stage.forward")] * parts
+    bodies = [body for _, _, body, _ in outbox.sent]
+    assert [b["offset"] for b in bodies] == list(range(0, len(PROMPT), chunk))
+    assert {b["prompt_tokens"] for b in bodies} == {len(PROMPT)} and {b["step"] for b in bodies} == {0}
+    assert "sampling" in bodies[0]
+    np.testing.assert_allclose(np.concatenate([hidden_of(m) for m in outbox.sent]), expected, rtol=1e-4, atol=1e-4)
+    assert stage.steps == parts  # one step per chunk
     assert stage.runner.cache.length["r"] == len(PROMPT)
+
+
+def test_a_chain_fed_prompt_parts_answers_as_one_pass_does(make_checkpoint):
+    """Stage A sends a 70-token prompt to stage B in 16-token parts; B runs each part as it
+    arrives and samples the same first token as the whole model run on the whole prompt."""
+    path = make_checkpoint("llama")
+    whole = StageWorker(TorchShardRunner(path, 0, 8, device="cpu", dtype="float32"), Outbox(), "w", "float32")
+    whole.accept(prefill_message("r", [["w", 0, 8]], PROMPT))
+    assert whole.send.token.wait(30)
+    expected = next(body["token"] for _, kind, body, _ in whole.send.sent if kind == "stage.token")
+    whole.close()
+
+    to_b, to_origin = Outbox(), Outbox()
+    a = StageWorker(TorchShardRunner(path, 0, 3, device="cpu", dtype="float32"), to_b, "a", "float32",
+                    prefill_chunk_tokens=16)
+    b = StageWorker(TorchShardRunner(path, 3, 8, device="cpu", dtype="float32"), to_origin, "b", "float32",
+                    prefill_chunk_tokens=8)
+    a.accept(prefill_message("r", [["a", 0, 3], ["b", 3, 8]], PROMPT))
+    a.close()
+    for n, (peer, kind, body, tensors) in enumerate(to_b.sent):
+        b.accept(Message(kind, str(n), "a", body, tensors))
+    assert to_origin.token.wait(30)
+    b.close()
+    tokens = [body for _, kind, body, _ in to_origin.sent if kind == "stage.token"]
+    assert [t["token"] for t in tokens] == [expected]
+    assert b.runner.cache.length["r"] == len(PROMPT)
+
+
+def test_prompt_parts_out_of_order_or_past_the_prompt_are_refused(make_checkpoint):
+    path = make_checkpoint("llama")
+    stage = StageWorker(TorchShardRunner(path, 3, 8, device="cpu", dtype="float32"), Outbox(), "b", "float32")
+    route = [["a", 0, 3], ["b", 3, 8]]
+
+    def part(offset, rows, total=70, **extra):
+        hidden = np.zeros((rows, stage.spec.hidden_size), dtype=np.float32)
+        body = {"request_id": "r", "kind": "prefill", "step": 0, "origin": "o", "hop": 1, "route": route,
+                "offset": offset, "prompt_tokens": total, "sampling": {"max_tokens": 1}, **extra}
+        return Message("stage.forward", "m", "a", body, {"hidden": Tensor("float32", hidden.shape, hidden.tobytes())})
+
+    with pytest.raises(WireError, match="does not follow"):
+        stage.accept(part(16, 16))  # a first part must start at 0
+    stage.accept(part(0, 16))
+    with pytest.raises(WireError, match="does not follow"):
+        stage.accept(part(32, 16))  # a gap
+    with pytest.raises(WireError, match="does not follow"):
+        stage.accept(part(16, 16, total=90))  # the prompt's length changed
+    with pytest.raises(WireError, match="does not fit"):
+        stage.accept(part(16, 60))  # past the end of the prompt
+    stage.accept(part(16, 54))  # the rest: the prompt is complete
+    with pytest.raises(WireError, match="out-of-order step"):
+        stage.accept(part(70, 1))
+    stage.close()
+    assert stage.requests["r"].received == 70 and stage.requests["r"].next_step == 1
 
 
 def test_decode_is_not_held_up_by_a_long_prompt(make_checkpoint):

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .model import ModelShape
-from .perf import STEP_OVERHEAD_S, layer_decode_time, prefill_time, transfer_time
+from .perf import (STEP_OVERHEAD_S, layer_decode_time, pipelined_time, prefill_chunk_tokens, prefill_time,
+                   transfer_time)
 from .policy import Assignment, SwarmContext
 from .topology import NodeSpec
 from .workload import LENGTH_SIGMA
@@ -182,17 +183,22 @@ class PipelineModel:
         return t, q / t
 
     def ttft(self, stages: list[NodeSpec], layers: list[int], rate: float) -> float:
-        """Bare time to first token of a p99-long prompt while the pipeline runs at `rate` tokens/s."""
+        """Bare time to first token of a planned-length prompt while the pipeline runs at `rate`
+        tokens/s: its chunks pass the stages (and the uplinks between them) pipelined."""
         model, wl = self.ctx.model, self.ctx.workload
         requests_per_s = rate / wl.output_tokens_mean
-        total = 0.0
+        prompt = int(self.long_prompt)
+        times, shares, links = [], [], 0.0
         for k, (s, n) in enumerate(zip(stages, layers)):
             rho = min(0.95, requests_per_s * prefill_time(s, model, n, int(wl.prompt_tokens_mean)))
-            total += prefill_time(s, model, n, int(self.long_prompt)) / (1 - rho)
+            share = prefill_chunk_tokens(s.flops_per_s, s.bytes_per_s, model) / prompt
+            times.append(prefill_time(s, model, n, prompt) / (1 - rho))
+            shares.append(share)
             if k + 1 < len(stages):
-                total += (self.ctx.rtt.rtt_s(s.region, stages[k + 1].region) / 2
-                          + transfer_time(s, model.hidden_state_bytes(int(self.long_prompt))))
-        return total
+                links += self.ctx.rtt.rtt_s(s.region, stages[k + 1].region) / 2
+                times.append(transfer_time(s, model.hidden_state_bytes(prompt)))
+                shares.append(share)
+        return pipelined_time(times, shares) + links
 
     def evaluate(self, stages: list[NodeSpec], layers: list[int]) -> tuple[float, float, float, float] | None:
         """(tok/s, concurrency, tpot, ttft) at the largest concurrency that memory holds and that

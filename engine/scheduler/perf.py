@@ -47,6 +47,16 @@ def prefill_chunk_tokens(flops_per_s: float, bytes_per_s: float, model: ModelSha
     return max(MIN_CHUNK_TOKENS, min(MAX_CHUNK_TOKENS, round(ridge)))
 
 
+def pipelined_time(stage_s: list[float], chunk_share: list[float]) -> float:
+    """Seconds for a prompt to pass stages that each pass a chunk on as soon as it is done: the
+    slowest stage's whole time, plus the time of one chunk (chunk_share of its whole) at each other.
+    Stages are a chain's prefills and the uploads of their hidden states (engine/swarm/stage.py)."""
+    if not stage_s:
+        return 0.0
+    slowest = max(range(len(stage_s)), key=stage_s.__getitem__)
+    return stage_s[slowest] + sum(t * min(1.0, c) for k, (t, c) in enumerate(zip(stage_s, chunk_share)) if k != slowest)
+
+
 def transfer_time(node: NodeSpec, nbytes: float) -> float:
     """Time to push nbytes through the node's uplink."""
     return nbytes * 8 / (node.uplink_mbps * 1e6)

@@ -13,7 +13,7 @@ import numpy as np
 
 from .allocation import (PipelineModel, Plan, SwarmTooSmall, allocate, reference_cycle, region_pipelines,
                          speeds_up_chains, thinnest_window)
-from .perf import STEP_OVERHEAD_S, layer_decode_time, transfer_time
+from .perf import STEP_OVERHEAD_S, layer_decode_time, pipelined_time, prefill_chunk_tokens, transfer_time
 from .policy import Assignment, Hop, LoadView, Policy, RouteRequest, SwarmContext, covers_all_layers
 from .routing import cheapest_per_group, cheapest_ring
 from .topology import NodeSpec
@@ -209,6 +209,8 @@ class PotluckPolicy(Policy):
         self._bw = np.array([nodes[n].bytes_per_s for n in ids]) if rows else np.zeros(0)
         self._flops = np.array([nodes[n].flops_per_s for n in ids]) if rows else np.zeros(0)
         self._uplink = np.array([nodes[n].uplink_mbps * 1e6 / 8 for n in ids]) if rows else np.zeros(0)
+        self._chunk = np.array([prefill_chunk_tokens(nodes[n].flops_per_s, nodes[n].bytes_per_s, model) for n in ids],
+                               dtype=float)
         overflow = self.plan.overflow_nodes if self.plan else set()
         self._overflow = np.array([n in overflow for n in ids], dtype=bool)
         self._kv_cap = np.array([nodes[n].memory_bytes - model.weight_bytes(s, e) for n, s, e, _ in rows])
@@ -265,6 +267,7 @@ class PotluckPolicy(Policy):
         # blow the tail however idle it is: a last resort only, since a request with no route at all
         # waits at the head of the queue and holds up every request behind it
         bare_prefill = prefill / prefill_weight
+        chunk_share = np.minimum(1.0, self._chunk / p)
         slow_penalty = np.where(bare_prefill > PREFILL_HOP_SHARE * self.ctx.slo.ttft_p99_s, self.ctx.slo.ttft_p99_s, 0.0)
         fixed = fixed + slow_penalty
         full = full + slow_penalty
@@ -286,7 +289,6 @@ class PotluckPolicy(Policy):
                                         <= PROMPT_QUEUE_SHARE * self.ctx.slo.ttft_p99_s)
         fixed = fixed + backlog * prefill_weight
         full = full + backlog * prefill_weight
-        bare_prefill = bare_prefill + backlog
         long_prompt = outputs * self.ctx.slo.tpot_p50_s / self.ctx.slo.ttft_p99_s
 
         def search(eligible: np.ndarray, hop_cost: list[list[float]]) -> list[tuple[int, int, int]] | None:
@@ -298,11 +300,14 @@ class PotluckPolicy(Policy):
             chain = cheapest_ring(model.num_layers, spans, per_layer, fixed[keep].tolist(), hop_cost)
             if chain is None:
                 return None
-            # the prompt's bare time to first token along the chain; if it eats most of the TTFT
-            # objective, search again with prompt time weighing as much as a whole answer
-            bare = dict(zip((s[0] for s in spans), bare_prefill[keep].tolist()))
-            if sum(bare[n] for n, _, _ in chain) > TTFT_ROUTE_SHARE * self.ctx.slo.ttft_p99_s:
-                heavy = fixed[keep] + bare_prefill[keep] * long_prompt
+            # the prompt's time to first token along the chain (its chunks pipelined over the
+            # stages, behind their queued prompts); if it eats most of the TTFT objective, search
+            # again with prompt time weighing as much as a whole answer
+            at = {s[0]: k for s, k in zip(spans, keep.tolist())}
+            hops = [at[n] for n, _, _ in chain]
+            ttft = pipelined_time(bare_prefill[hops].tolist(), chunk_share[hops].tolist()) + backlog[hops].sum()
+            if ttft > TTFT_ROUTE_SHARE * self.ctx.slo.ttft_p99_s:
+                heavy = fixed[keep] + (bare_prefill[keep] + backlog[keep]) * long_prompt
                 chain = cheapest_ring(model.num_layers, spans, per_layer, heavy.tolist(), hop_cost) or chain
             return chain
 

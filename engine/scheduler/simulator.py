@@ -5,8 +5,9 @@ Physics (identical for every policy; nothing here knows which policy runs):
   the weights of the layers the batch touches once, each request's KV cache, and does the FLOPs
   of every token; step time comes from engine.scheduler.perf. A step prefills at most the node's
   chunk of prompt tokens (perf.prefill_chunk_tokens: the roofline ridge of its measured FLOP/s and
-  bandwidth), the rest of a started prompt first; a prompt's hidden states move on when all its
-  chunks are done (engine/swarm/stage.py batches the same way);
+  bandwidth), the rest of a started prompt first, one chunk per request per step; each chunk's
+  hidden states move on as soon as it is done, so the stages of a chain work on a long prompt at
+  the same time (engine/swarm/stage.py batches and forwards the same way);
 - a hop costs RTT/2 plus serialisation on the sender's uplink (one transfer at a time);
 - a request reserves KV cache (prompt + max_tokens) on every node of its chain when admitted and
   frees it when done; if the chain has no room it waits and is retried when memory frees;
@@ -294,8 +295,8 @@ class Simulator:
             self.start_step(node)
 
     def start_step(self, node: Node) -> None:
-        """Run one step over everything queued (prefill in chunks). Items: (req, epoch, hop, tokens, done)
-        where done = -1 for a decode token, else prompt tokens already prefilled at this hop."""
+        """Run one step over everything queued (prefill in chunks). Items: (req, epoch, hop, end, done)
+        where done = -1 for a decode token; for a prompt, its tokens [done, end) are here to prefill."""
         items = []
         rest = []
         budget = node.chunk
@@ -309,6 +310,7 @@ class Simulator:
         # clump that keeps a single stage busy at a time
         decode_cap = -1
         decodes = 0
+        prompts = None  # requests with a chunk in this step (a later part of theirs waits)
         for item in node.queue:
             req, epoch, h, tok, done = item
             if req.epoch != epoch:
@@ -321,16 +323,20 @@ class Simulator:
                     continue
                 decodes += 1
             if done >= 0:  # prefill chunk
-                if budget <= 0:
+                if budget <= 0 or (prompts is not None and req in prompts):
                     rest.append(item)
                     continue
+                if prompts is None:
+                    prompts = set()
+                prompts.add(req)
                 chunk = min(budget, tok - done)
                 budget -= chunk
-                item = (req, epoch, h, tok, done + chunk)
+                item = (req, epoch, h, tok, done + chunk, done)  # + where this chunk began
                 context = done + chunk
             else:
                 chunk = 1
                 context = req.prompt + req.generated
+                item = (req, epoch, h, tok, done, done)
             hop = req.hops[h]
             s, e = hop.start, hop.end
             n = e - s
@@ -374,16 +380,20 @@ class Simulator:
         groups: dict[int, list] = {}
         hidden = self.model.hidden_size * self.model.dtype_bytes
         finished_any = False
-        for req, epoch, h, tok, done in items:
+        for req, epoch, h, tok, done, began in items:
             if req.epoch != epoch:
                 continue
-            if 0 <= done < tok:
-                node.queue.insert(0, (req, epoch, h, tok, done))  # the rest of the prompt, before newer work
-                continue
             hops = req.hops
-            if h + 1 < len(hops):
-                dest = hops[h + 1].node
-                groups.setdefault(dest, []).append((req, epoch, h + 1, tok, 0 if done >= 0 else -1))
+            if done >= 0:
+                if done < tok:
+                    node.queue.insert(0, (req, epoch, h, tok, done))  # the rest of the prompt, before newer work
+                if h + 1 < len(hops):  # this chunk goes on now
+                    groups.setdefault(hops[h + 1].node, []).append((req, epoch, h + 1, done, began))
+                    continue
+                if done < req.prefill:
+                    continue  # the first token comes with the prompt's last chunk
+            elif h + 1 < len(hops):
+                groups.setdefault(hops[h + 1].node, []).append((req, epoch, h + 1, tok, -1))
                 continue
             req.generated += 1
             if now >= self.cfg.warmup_s:
@@ -411,7 +421,7 @@ class Simulator:
             prompts = [item for item in batch if item[4] >= 0]
             tokens = [item for item in batch if item[4] < 0] if prompts else batch
             for item in prompts:
-                t = max(now, node.bulk_free) + item[3] * hidden / uplink
+                t = max(now, node.bulk_free) + (item[3] - item[4]) * hidden / uplink
                 node.bulk_free = t
                 self.push(t + latency, DELIVER, dest, [item])
             if not tokens:

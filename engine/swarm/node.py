@@ -92,7 +92,7 @@ class Node:
 
         def counted_forward(message: Message):
             reply = forward(message)
-            if message.body.get("kind") == "prefill" and message.body.get("step") == 0:
+            if message.body.get("kind") == "prefill" and not message.body.get("offset"):  # a prompt's first part
                 self.served_requests += 1
             return reply
 

@@ -2,7 +2,9 @@
 
 The push ring (DESIGN.md): the origin sends `stage.forward` (prefill, with the token ids) to the
 first stage of a route; each stage runs its layers and sends `stage.forward` with hidden states to
-the next; the last stage samples, sends `stage.token` to the origin and `stage.forward` (decode,
+the next, a prompt in parts as its chunks finish (`offset`: where the part starts in the prompt,
+`prompt_tokens`: the whole prompt's length; without them a message is the whole prompt), so the
+next stage starts on a long prompt while this one is still on its later chunks; the last stage samples, sends `stage.token` to the origin and `stage.forward` (decode,
 one token id) to the first stage. The origin ends a request with `stage.release` to every stage.
 Nodes talk to the host's scheduler role with `sched.*`. Every message type of the swarm is declared
 here; the transport imports this module, so no node can lack one.
@@ -20,7 +22,8 @@ MAX_ROUTE_HOPS = 64
 MAX_PREFILL_TOKENS = 16384
 
 schema("stage.forward", request_id=(str, True), origin=(str, True), route=(list, True), hop=(int, True),
-       kind=(str, True), step=(int, True), tokens=(list, False), sampling=(dict, False))
+       kind=(str, True), step=(int, True), tokens=(list, False), sampling=(dict, False),
+       offset=(int, False), prompt_tokens=(int, False))
 schema("stage.token", request_id=(str, True), step=(int, True), token=(int, False), finished=(str, False))
 schema("stage.error", request_id=(str, True), error=(str, True), suspect=(str, False))
 schema("stage.release", request_id=(str, True))

@@ -5,10 +5,12 @@ node's network loop). One worker thread runs the model: each step it takes every
 makes one forward pass per (kind, span) group, so concurrent requests decode together.
 
 Prompts are prefilled in chunks of at most `prefill_chunk_tokens` per step, so a long prompt does
-not stall the decode tokens of every other request on this node for its whole forward pass; a
-prompt's hidden states go on to the next stage once all its chunks are done. The node sizes the
-chunk from its measured profile (engine.scheduler.perf.prefill_chunk_tokens), and the swarm
-simulator batches the same way.
+not stall the decode tokens of every other request on this node for its whole forward pass; each
+chunk's hidden states go on to the next stage as soon as it is done (a prompt part: `offset`,
+`prompt_tokens`), so the stages of a chain work on one long prompt at the same time and its time to
+first token is about the slowest stage's share rather than the sum of all stages'. The node sizes
+the chunk from its measured profile (engine.scheduler.perf.prefill_chunk_tokens), and the swarm
+simulator batches and forwards the same way.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class StageRequest:
     next_step: int
     sampling: SamplingParams
     sampler: Sampler | None = None  # on the last stage
+    prompt_tokens: int = 0  # the whole prompt's length ...
+    received: int = 0  # ... and how much of it has arrived here (it may come in parts)
     produced: int = 0
     context_used: int = 0
     last_seen: float = field(default_factory=time.monotonic)
@@ -56,8 +60,8 @@ class Work:
     kind: str
     step: int
     inputs: np.ndarray  # [T] int64 token ids, or [T, H] hidden states in the wire dtype (engine.backends.host)
-    done: int = 0  # prompt tokens of a prefill already run here (it takes several steps in chunks)
-    outputs: list[np.ndarray] = field(default_factory=list)  # their hidden states, for the next stage
+    offset: int = 0  # a prompt part: where inputs[0] sits in the prompt
+    done: int = 0  # tokens of this part already run here (it takes several steps in chunks)
 
 
 class StageWorker:
@@ -115,10 +119,27 @@ class StageWorker:
                                       state.route[-1].peer_id):
                 raise WireError("this peer is not part of the request's route")
             inputs = self._inputs(message, state, kind)
-            state.next_step += 1
+            offset = self._take_part(state, body, inputs.shape[0]) if kind == "prefill" else 0
+            if kind == "decode" or state.received == state.prompt_tokens:
+                state.next_step += 1  # a prompt in parts stays step 0 until its last part
             state.last_seen = time.monotonic()
             self.requests[rid] = state
-        self._queue.put(Work(rid, kind, step, inputs))
+        self._queue.put(Work(rid, kind, step, inputs, offset))
+
+    @staticmethod
+    def _take_part(state: StageRequest, body: dict, size: int) -> int:
+        """Check a prompt part against what has arrived and count it in; returns its offset. A
+        message without offset / prompt_tokens carries the whole prompt."""
+        offset = body.get("offset", 0)
+        total = body.get("prompt_tokens", offset + size)
+        if not 0 <= offset < offset + size <= total <= MAX_PREFILL_TOKENS:
+            raise WireError(f"prompt part [{offset}, {offset + size}) does not fit a prompt of {total} tokens "
+                            f"(at most {MAX_PREFILL_TOKENS})")
+        if offset != state.received or (state.prompt_tokens and total != state.prompt_tokens):
+            raise WireError(f"prompt part [{offset}, {offset + size}) of {total} tokens does not follow the "
+                            f"{state.received} of {state.prompt_tokens} tokens received")
+        state.prompt_tokens, state.received = total, offset + size
+        return offset
 
     def _inputs(self, message: Message, state: StageRequest, kind: str) -> np.ndarray:
         one = 1 if kind == "decode" else None
@@ -189,6 +210,7 @@ class StageWorker:
     def _step(self, batch: list[Work]) -> None:
         groups: dict[tuple, list[tuple[Work, int]]] = {}  # -> (work, prompt tokens it runs now)
         budget = self.prefill_chunk_tokens
+        prompts = set()  # requests with a prompt chunk in this step: a later part of theirs waits
         for work in batch:
             if work.kind == "release":
                 self.runner.release(work.request_id)
@@ -198,11 +220,12 @@ class StageWorker:
                 self.runner.release(work.request_id)
                 continue
             if work.kind == "prefill":
-                if budget == 0:
+                if budget == 0 or work.request_id in prompts:
                     self._carried.append(work)
                     continue
                 take = min(budget, work.inputs.shape[0] - work.done)
                 budget -= take
+                prompts.add(work.request_id)
             else:
                 take = 1
             groups.setdefault((work.kind, state.span), []).append((work, take))
@@ -230,31 +253,36 @@ class StageWorker:
         self.served_tokens += sum(lengths)
         last = span[1] == self.spec.num_layers
         out = self.runner.to_numpy(out) if last else self.runner.to_numpy(out, self.wire_dtype)
-        complete = []  # rows whose input is all done: a decode token, or a prompt's last chunk
+        complete = []  # rows that give a token: a decode, or the chunk that ends a prompt
         for row, (work, take) in enumerate(chunks):
+            begin = work.offset + work.done
             work.done += take
-            if kind == "prefill" and not last:
-                work.outputs.append(out[row, :take])
             if work.done < work.inputs.shape[0]:
                 self._carried.insert(0, work)  # a started prompt goes on before prompts not begun
-            else:
+            state = self.requests.get(work.request_id)
+            if kind == "decode" or (state is not None and begin + take == state.prompt_tokens):
                 complete.append(row)
+            if not last and kind == "prefill" and state is not None:
+                self._forward(work, state, out[row, :take], begin)
         if last:
             if complete:
                 self._emit_tokens([chunks[row][0] for row in complete], out[complete])
-        else:
+        elif kind == "decode":
             for row in complete:
-                work = chunks[row][0]
-                state = self.requests.get(work.request_id)
-                if state is None:
-                    continue
-                rows = out[row, :1] if kind == "decode" else np.concatenate(work.outputs)
-                hidden = Tensor(self.wire_dtype, rows.shape, rows.tobytes())
-                nxt = state.route[state.hop + 1]
-                self._push(work.request_id, nxt.peer_id, {
-                    "request_id": work.request_id, "origin": state.origin, "kind": kind, "step": work.step,
-                    "route": [[h.peer_id, h.start, h.end] for h in state.route], "hop": state.hop + 1,
-                    **({"sampling": sampling_body(state.sampling)} if kind == "prefill" else {})}, {"hidden": hidden})
+                state = self.requests.get(chunks[row][0].request_id)
+                if state is not None:
+                    self._forward(chunks[row][0], state, out[row, :1], None)
+
+    def _forward(self, work: Work, state: StageRequest, rows: np.ndarray, offset: int | None) -> None:
+        """Hidden states on to the next stage: a decode token's, or a prompt chunk's (offset set)."""
+        hidden = Tensor(self.wire_dtype, rows.shape, rows.tobytes())
+        body = {"request_id": work.request_id, "origin": state.origin, "kind": work.kind, "step": work.step,
+                "route": [[h.peer_id, h.start, h.end] for h in state.route], "hop": state.hop + 1}
+        if offset is not None:
+            body.update(offset=offset, prompt_tokens=state.prompt_tokens)
+            if offset == 0:  # the next stage sets the request up from its first part
+                body["sampling"] = sampling_body(state.sampling)
+        self._push(work.request_id, state.route[state.hop + 1].peer_id, body, {"hidden": hidden})
 
     def _emit_tokens(self, works: list[Work], logits: np.ndarray) -> None:
         states = [self.requests.get(w.request_id) for w in works]
