@@ -4,8 +4,9 @@ The push ring (DESIGN.md): the origin sends `stage.forward` (prefill, with the t
 first stage of a route; each stage runs its layers and sends `stage.forward` with hidden states to
 the next, a prompt in parts as its chunks finish (`offset`: where the part starts in the prompt,
 `prompt_tokens`: the whole prompt's length; without them a message is the whole prompt), so the
-next stage starts on a long prompt while this one is still on its later chunks; the last stage samples, sends `stage.token` to the origin and `stage.forward` (decode,
-one token id) to the first stage. The origin ends a request with `stage.release` to every stage.
+next stage starts on a long prompt while this one is still on its later chunks; the last stage
+samples, sends `stage.token` to the origin and `stage.forward` (decode, one token id) to the first
+stage. The origin ends a request with `stage.release` to every stage.
 Nodes talk to the host's scheduler role with `sched.*`. Every message type of the swarm is declared
 here; the transport imports this module, so no node can lack one.
 """

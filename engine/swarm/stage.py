@@ -253,25 +253,21 @@ class StageWorker:
         self.served_tokens += sum(lengths)
         last = span[1] == self.spec.num_layers
         out = self.runner.to_numpy(out) if last else self.runner.to_numpy(out, self.wire_dtype)
-        complete = []  # rows that give a token: a decode, or the chunk that ends a prompt
+        complete = []  # on the last stage, rows that give a token: a decode, or the chunk that ends a prompt
         for row, (work, take) in enumerate(chunks):
             begin = work.offset + work.done
             work.done += take
             if work.done < work.inputs.shape[0]:
                 self._carried.insert(0, work)  # a started prompt goes on before prompts not begun
             state = self.requests.get(work.request_id)
-            if kind == "decode" or (state is not None and begin + take == state.prompt_tokens):
+            if state is None:
+                continue
+            if not last:
+                self._forward(work, state, out[row, :take], begin if kind == "prefill" else None)
+            elif kind == "decode" or begin + take == state.prompt_tokens:
                 complete.append(row)
-            if not last and kind == "prefill" and state is not None:
-                self._forward(work, state, out[row, :take], begin)
-        if last:
-            if complete:
-                self._emit_tokens([chunks[row][0] for row in complete], out[complete])
-        elif kind == "decode":
-            for row in complete:
-                state = self.requests.get(chunks[row][0].request_id)
-                if state is not None:
-                    self._forward(chunks[row][0], state, out[row, :1], None)
+        if complete:
+            self._emit_tokens([chunks[row][0] for row in complete], out[complete])
 
     def _forward(self, work: Work, state: StageRequest, rows: np.ndarray, offset: int | None) -> None:
         """Hidden states on to the next stage: a decode token's, or a prompt chunk's (offset set)."""
