@@ -6,6 +6,7 @@ import threading
 import numpy as np
 import pytest
 
+from engine import profile
 from engine.backends.torch_runner import TorchShardRunner
 from engine.scheduler.model import ModelShape
 from engine.scheduler.perf import MAX_CHUNK_TOKENS, MIN_CHUNK_TOKENS, prefill_chunk_tokens
@@ -147,3 +148,66 @@ def test_the_chunk_is_the_roofline_ridge_within_bounds():
     assert prefill_chunk_tokens(60e12, 900e9, llama70b) == 67  # RTX 3090 / 4090 class
     assert prefill_chunk_tokens(1e12, 50e9, llama70b) == MIN_CHUNK_TOKENS  # a CPU
     assert prefill_chunk_tokens(5000e12, 3000e9, llama70b) == MAX_CHUNK_TOKENS
+
+
+def test_a_shard_with_a_costly_step_takes_chunks_that_amortise_it():
+    llama8b = ModelShape(num_layers=32, layer_bytes=436224000, embed_bytes=1050673152,
+                         lm_head_bytes=1050673152, kv_bytes_per_token_layer=4096,
+                         flops_per_token_layer=436224000, hidden_size=4096, dtype_bytes=2)
+    cpu = dict(flops_per_s=0.34e12, bytes_per_s=40e9, model=llama8b)  # this CI machine's profile
+    assert prefill_chunk_tokens(**cpu) == MIN_CHUNK_TOKENS
+    # 8 Qwen3-0.6B layers timed on it: 20 ms a step plus 0.75 ms a token -> the fixed cost is 20%
+    # of a 107-token step
+    assert prefill_chunk_tokens(**cpu, step_fixed_s=0.020, step_per_token_s=0.00075) == 107
+    assert prefill_chunk_tokens(**cpu, step_fixed_s=2.0, step_per_token_s=0.00075) == MAX_CHUNK_TOKENS
+    # on a GPU the fixed cost is small next to the ridge, which stays
+    h100 = dict(flops_per_s=700e12, bytes_per_s=3000e9, model=llama8b)
+    assert prefill_chunk_tokens(**h100, step_fixed_s=0.0005, step_per_token_s=12e-6) == 233
+    assert prefill_chunk_tokens(**h100, step_fixed_s=0.0, step_per_token_s=0.0) == 233  # not timed
+
+
+class ClockedRunner:
+    """A shard whose prefill advances a fake clock by fixed + tokens * per_token seconds."""
+
+    def __init__(self, clock, fixed, per_token):
+        self.clock, self.fixed, self.per_token = clock, fixed, per_token
+        self.start, self.open = 3, set()
+
+    def prefill(self, ids, inputs):
+        self.open.update(ids)
+        self.clock[0] += self.fixed + inputs.shape[1] * self.per_token
+        return inputs
+
+    def to_numpy(self, out):
+        return out
+
+    def release(self, rid):
+        self.open.discard(rid)
+
+    @property
+    def spec(self):
+        return type("Spec", (), {"hidden_size": 8})
+
+
+def test_timing_a_shard_finds_its_fixed_and_per_token_cost(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(profile.time, "perf_counter", lambda: clock[0])
+    runner = ClockedRunner(clock, fixed=0.020, per_token=0.00075)
+    fixed, per_token = profile.time_prefill_steps(runner)
+    assert fixed == pytest.approx(0.020) and per_token == pytest.approx(0.00075)
+    assert runner.open == set()  # the scratch request is released
+    runner.per_token = 0.0  # sizes that do not order: no answer rather than a wrong one
+    assert profile.time_prefill_steps(runner) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("span", [(0, 3), (3, 8)])
+def test_timing_a_real_shard_leaves_it_as_it_was(make_checkpoint, span):
+    path = make_checkpoint("llama")
+    timed, fresh = (TorchShardRunner(path, *span, device="cpu", dtype="float32") for _ in range(2))
+    fixed, per_token = profile.time_prefill_steps(timed)
+    assert (fixed, per_token) == (0.0, 0.0) or (fixed > 0 and per_token > 0)
+    assert timed.cache.length == {}
+    inputs = np.array([PROMPT]) if span[0] == 0 else np.random.default_rng(0).normal(
+        size=(1, len(PROMPT), timed.spec.hidden_size)).astype(np.float32)
+    np.testing.assert_allclose(timed.to_numpy(timed.prefill(["r"], inputs)),
+                               fresh.to_numpy(fresh.prefill(["r"], inputs)), rtol=1e-5, atol=1e-5)

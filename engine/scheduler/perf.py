@@ -13,6 +13,7 @@ from .topology import NodeSpec
 
 STEP_OVERHEAD_S = 0.0005  # kernel launches, sampling, framework bookkeeping per step
 MIN_CHUNK_TOKENS, MAX_CHUNK_TOKENS = 32, 512  # bounds of a prefill chunk (prefill_chunk_tokens)
+STEP_FIXED_SHARE = 0.2  # the most of a prefill step its fixed cost may take (prefill_chunk_tokens)
 
 
 def step_time(node: NodeSpec, bytes_read: float, flops: float) -> float:
@@ -34,7 +35,8 @@ def prefill_time(node: NodeSpec, model: ModelShape, layers: int, tokens: int) ->
     return step_time(node, read, layers * tokens * model.flops_per_token_layer)
 
 
-def prefill_chunk_tokens(flops_per_s: float, bytes_per_s: float, model: ModelShape) -> int:
+def prefill_chunk_tokens(flops_per_s: float, bytes_per_s: float, model: ModelShape,
+                         step_fixed_s: float = 0.0, step_per_token_s: float = 0.0) -> int:
     """Prompt tokens a node prefills per step: the chunk whose FLOPs take as long as reading the
     layers' weights (the roofline's ridge), within [MIN_CHUNK_TOKENS, MAX_CHUNK_TOKENS].
 
@@ -42,8 +44,18 @@ def prefill_chunk_tokens(flops_per_s: float, bytes_per_s: float, model: ModelSha
     token that shares the step wait longer for little gain. One size for every node (256) stalled
     decode on cards with few FLOP/s per byte: a 256-token chunk through 10 layers takes 73 ms on a
     3090-class card, 4x its weight read, and their pipelines' time per token sat at the TPOT
-    objective (README, Scheduler)."""
+    objective (README, Scheduler).
+
+    A node that has timed its own shard (engine.profile.time_prefill_steps: a step costs
+    step_fixed_s + tokens * step_per_token_s) takes at least the chunk whose fixed cost is
+    STEP_FIXED_SHARE of the step, so a prompt takes at most ~1.25x its single pass. The roofline has
+    no fixed cost worth counting on a GPU, but a CPU spends 2-3 ms per layer per step in Python and
+    kernel set-up: on the CI machine's 2 cores a 512-token prompt through 8 Qwen3-0.6B layers took
+    0.92-1.07 s in the ridge's chunks (the 32-token floor) and 0.75-0.87 s in the 65-90-token chunks
+    timing picks, one pass 0.58-0.65 s (bench/prefill_chunks.py, three runs)."""
     ridge = model.layer_bytes * flops_per_s / (bytes_per_s * model.flops_per_token_layer)
+    if step_fixed_s > 0 and step_per_token_s > 0:
+        ridge = max(ridge, step_fixed_s * (1 - STEP_FIXED_SHARE) / (STEP_FIXED_SHARE * step_per_token_s))
     return max(MIN_CHUNK_TOKENS, min(MAX_CHUNK_TOKENS, round(ridge)))
 
 

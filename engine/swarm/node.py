@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.model.errors import CheckpointError
+from engine.profile import time_prefill_steps
 from engine.scheduler.model import ModelShape
 from engine.scheduler.perf import prefill_chunk_tokens
 from engine.swarm.membership import NoRoute, SwarmScheduler
@@ -275,16 +276,21 @@ class Node:
         if self.assigned != target:
             return  # reassigned while loading
         self._count_tokens_of_old_stage()
-        self.peer.serve(runner, self.wire_dtype, self._prefill_chunk_tokens(runner.spec))
+        self.peer.serve(runner, self.wire_dtype, self._prefill_chunk_tokens(runner))
         self.ready_range = target
         log.info("serving layers %d-%d", target[0], target[1] - 1)
 
-    def _prefill_chunk_tokens(self, spec) -> int:
-        """Prompt tokens per step for this machine, from its measured profile (as the scheduler's
-        simulator assumes)."""
+    def _prefill_chunk_tokens(self, runner) -> int:
+        """Prompt tokens per step for this machine: from its measured profile (as the scheduler's
+        simulator assumes), and at least what keeps the shard's own per-step cost, timed here,
+        a small share of each step (it matters on CPUs)."""
         flops = max(self.profile.matmul_tflops_half, 1e-3) * 1e12
-        return prefill_chunk_tokens(flops, max(self.profile.bandwidth_gbs, 1e-3) * 1e9,
-                                    ModelShape(**spec.as_scheduler_shape()))
+        fixed, per_token = time_prefill_steps(runner)
+        chunk = prefill_chunk_tokens(flops, max(self.profile.bandwidth_gbs, 1e-3) * 1e9,
+                                     ModelShape(**runner.spec.as_scheduler_shape()), fixed, per_token)
+        log.info("prefill in chunks of %d tokens (a step costs %.1f ms + %.3f ms per token here)",
+                 chunk, fixed * 1e3, per_token * 1e3)
+        return chunk
 
     def _count_tokens_of_old_stage(self) -> None:
         if self.peer.stage is not None:
