@@ -244,3 +244,22 @@ def test_every_region_that_can_hold_the_model_gets_its_own_pipeline():
     region = {n.id: n.region for n in nodes}
     local = {region[p.stages[0][0]] for p in plan.pipelines if len({region[n] for n, _, _ in p.stages}) == 1}
     assert local == {"us", "eu", "asia"}
+
+
+def test_a_prompt_avoids_a_chain_whose_nodes_report_a_long_prompt_queue():
+    """Alike nodes in two regions: the prompt queue nodes report (the prompts other origins sent
+    them, at the speed those really go) turns the next prompt away from them, which the policy's
+    memory of what it routed itself cannot do."""
+    ctx = context(LLAMA_70B)
+    nodes = {i: node(i, 80, tflops=300, bandwidth_gbs=2000, region="a" if i < 4 else "b") for i in range(8)}
+
+    def route(queue: dict[int, float]) -> set[int]:
+        policy = PotluckPolicy(ctx)  # fresh each time: no memory of earlier routes
+        assignment = policy.allocate(nodes)
+        view = idle_view(nodes, assignment, LLAMA_70B)
+        view.prompt_queue_s = [queue.get(n, 0.0) for n in range(8)]
+        return {h.node for h in policy.route(RouteRequest(0, 1000, 1100), nodes, assignment, view)}
+
+    first = route({})
+    assert route({n: 5.0 for n in first}).isdisjoint(first)  # half the TTFT objective queued on each
+    assert route({n: 5.0 for n in nodes if n not in first}) == first

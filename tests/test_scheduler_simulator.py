@@ -149,22 +149,52 @@ def test_capacity_probes_pool_independent_arrival_draws():
     assert meets_slo(at, scenario.slo)
 
 
+def four_alike_nodes(arrival_rate_per_s: float, duration_s: float):
+    """4 alike cards that share the 16 layers, ~2048-token prompts, 2-token answers."""
+    return tiny(nodes=[{"count": 4, "memory_gb": 3.5, "tflops": 50, "bandwidth_gbs": 500, "region": "eu",
+                        "uplink_mbps": 10000}],
+                workload={"arrival_rate_per_s": arrival_rate_per_s, "prompt_tokens_mean": 2048,
+                          "output_tokens_mean": 2, "max_context": 8192},
+                duration_s=duration_s, warmup_s=0).sim_config()
+
+
+def simulator_for(cfg, policy: str):
+    ctx = simulator_module.SwarmContext(cfg.model, cfg.rtt, cfg.workload, cfg.slo)
+    return simulator_module.Simulator(cfg, simulator_module.make_policy(policy, ctx))
+
+
 def test_a_prompt_passes_the_stages_of_a_chain_in_pipelined_chunks():
     """Alike nodes with a share of the layers each, one request at a time: each prefill chunk moves
     on as soon as it is done, so a long prompt's first token comes after about the largest stage's
     share of its FLOPs (here 6 of 16 layers). Forwarding a prompt only when all its chunks are done
     would take at least the FLOPs of all the stages."""
-    scenario = tiny(nodes=[{"count": 4, "memory_gb": 3.5, "tflops": 50, "bandwidth_gbs": 500, "region": "eu",
-                            "uplink_mbps": 10000}],
-                    workload={"arrival_rate_per_s": 0.05, "prompt_tokens_mean": 2048, "output_tokens_mean": 2,
-                              "max_context": 8192},
-                    duration_s=400, warmup_s=0)
-    cfg = scenario.sim_config()
-    sim = simulator_module.Simulator(cfg, simulator_module.make_policy("exo", simulator_module.SwarmContext(
-        cfg.model, cfg.rtt, cfg.workload, cfg.slo)))
+    cfg = four_alike_nodes(arrival_rate_per_s=0.05, duration_s=400)
+    sim = simulator_for(cfg, "exo")
     sim.run()
     served = [r for r in sim.requests if r.first_t is not None and r.prompt >= 1024]
     assert len(served) >= 5 and all(len(r.hops) >= 3 for r in served)
     for r in served:
         all_stages = r.prompt * cfg.model.num_layers * cfg.model.flops_per_token_layer / 50e12
         assert r.first_t - r.arrival < 0.6 * all_stages, (r.prompt, r.first_t - r.arrival, all_stages)
+
+
+def test_nodes_report_their_prompt_queue_as_a_live_stage_does():
+    """A burst of long prompts on one small pipeline: while they wait, the nodes report seconds of
+    prompt work (tokens left over their chunk, at their recent step time), and none once served."""
+    cfg = four_alike_nodes(arrival_rate_per_s=4.0, duration_s=20)
+    sim = simulator_for(cfg, "potluck")
+    seen = []
+    route = sim.policy.route
+
+    def spy(request, nodes, current, view):
+        seen.append(max(view.prompt_queue_s))
+        return route(request, nodes, current, view)
+
+    sim.policy.route = spy
+    sim.run()
+    # 4 prompts/s of ~2048 tokens through 16 layers at 1 GFLOP each is ~2.6x what 4 x 50 TFLOP/s do;
+    # the cache admits a few at a time, so each node's queue stays under a second
+    assert max(seen) > 0.2 and min(seen) >= 0.0
+    for node in sim.nodes.values():
+        if not node.queue and not node.busy:
+            assert sim.view.prompt_queue_s[node.spec.id] == 0.0

@@ -68,3 +68,16 @@ def test_client_only_members_get_no_layers(scheduler):
     for i in range(3):
         scheduler.join(f"p{i}", True, 1.0e6, PROFILE)
     assert scheduler.assignment_of("client") is None
+
+
+def test_the_prompt_queue_nodes_report_reaches_the_router_bounded(scheduler):
+    for i in range(3):
+        scheduler.join(f"p{i}", True, 1.0e6, PROFILE)
+    for m, queue in zip(scheduler.members.values(), [2.5, float("nan"), 1e12]):
+        scheduler.heartbeat(m.peer_id, scheduler.assignment.get(m.index), 0, 1e6, 0, 0.0, queue)
+    views = []
+    route = scheduler.policy.route
+    scheduler.policy.route = lambda request, nodes, current, view: views.append(view) or route(
+        request, nodes, current, view)
+    scheduler.route(10, 100)
+    assert list(views[0].prompt_queue_s) == [2.5, 0.0, 3600.0]

@@ -211,3 +211,41 @@ def test_timing_a_real_shard_leaves_it_as_it_was(make_checkpoint, span):
         size=(1, len(PROMPT), timed.spec.hidden_size)).astype(np.float32)
     np.testing.assert_allclose(timed.to_numpy(timed.prefill(["r"], inputs)),
                                fresh.to_numpy(fresh.prefill(["r"], inputs)), rtol=1e-5, atol=1e-5)
+
+
+class GatedRunner:
+    """A real shard whose prefill waits at a gate, so work piles up behind a running step."""
+
+    def __init__(self, runner):
+        self.inner, self.gate, self.entered = runner, threading.Event(), threading.Event()
+        self.gate.set()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def prefill(self, *args, **kwargs):
+        self.entered.set()
+        assert self.gate.wait(30)
+        return self.inner.prefill(*args, **kwargs)
+
+
+def test_a_stage_reports_the_prompt_work_waiting_for_it(make_checkpoint):
+    runner = GatedRunner(TorchShardRunner(make_checkpoint("llama"), 0, 8, device="cpu", dtype="float32"))
+    outbox = Outbox()
+    stage = StageWorker(runner, outbox, "me", "float32", prefill_chunk_tokens=16)
+    route = [["me", 0, 8]]
+    stage.accept(prefill_message("a", route, PROMPT[:3]))
+    assert outbox.token.wait(30) and stage.step_ms > 0
+    assert stage.prompt_queue_s() == 0.0
+
+    runner.gate.clear()
+    runner.entered.clear()
+    stage.accept(prefill_message("b", route, PROMPT))
+    assert runner.entered.wait(30)  # b's first chunk is in a step that cannot finish yet
+    stage.accept(prefill_message("c", route, PROMPT))
+    step_s = stage.step_ms / 1e3
+    assert stage.prompt_queue_s() == pytest.approx(len(PROMPT) / 16 * step_s)  # c waits whole
+    runner.gate.set()
+    stage.close()
+    assert stage.prompt_queue_s() == 0.0
+    assert {body["request_id"] for _, kind, body, _ in outbox.sent if kind == "stage.token"} == {"a", "b", "c"}

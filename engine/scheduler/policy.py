@@ -52,6 +52,9 @@ class LoadView:
     resident: Sequence[int]  # requests holding KV cache on the node
     busy_until: Sequence[float]  # when the node's current step ends
     utilization: Sequence[float] = ()  # recent busy fraction (moving average over a few seconds)
+    # seconds of prompt work waiting at the node, as it reports it: prompt tokens not yet run, over
+    # its chunk, times its recent step time (engine/swarm/stage.py, StageWorker.prompt_queue_s)
+    prompt_queue_s: Sequence[float] = ()
     assignment_version: int = 0  # changes whenever the assignment does (lets policies cache)
 
 

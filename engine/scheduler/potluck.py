@@ -283,6 +283,13 @@ class PotluckPolicy(Policy):
         queued = self._prompt_load[ids]
         backlog = queued * (layers * F / self._flops + model.hidden_state_bytes(1) / self._uplink)
         backlog = np.where(self._overflow, np.maximum(backlog, self._prompt_work[ids]), backlog)
+        if len(view.prompt_queue_s):
+            # and the queue the node itself reports, which sees the prompts other origins sent and
+            # how fast they really go between decode steps: near capacity a fast region's prompts
+            # outrun its FLOP/s (the heterogeneous swarm's EU A100s), and the fading memory above
+            # caps at ~2 s of work while the queue grows past the TTFT objective
+            reported = np.fromiter((view.prompt_queue_s[i] for i in ids), dtype=float, count=len(ids))
+            backlog = np.maximum(backlog, reported)
         # nodes working through a long prompt queue take new prompts only when nothing calmer has room
         # (PROMPT_QUEUE_SHARE); both estimates, since either may undercount a queue
         calm = ~self._overflow.any() | (np.maximum(backlog, self._prompt_work[ids])

@@ -84,7 +84,7 @@ class Request:
 
 class Node:
     __slots__ = ("spec", "alive", "span", "kv_cap", "queue", "busy", "uplink_free", "bulk_free", "requests",
-                 "load_token", "region", "chunk")
+                 "load_token", "region", "chunk", "step_s")
 
     def __init__(self, spec: NodeSpec, region: int, chunk: int):
         self.spec = spec
@@ -99,6 +99,7 @@ class Node:
         self.bulk_free = 0.0  # ... and prompts' hidden states here, so a prompt does not hold up tokens
         self.requests: dict[int, Request] = {}  # by id: insertion order keeps runs reproducible
         self.load_token = 0
+        self.step_s = 0.0  # moving average of its steps' time, as a live stage keeps (step_ms)
 
 
 @dataclass
@@ -139,7 +140,7 @@ class Simulator:
         self.specs: dict[int, NodeSpec] = {}
         self.assignment: Assignment = {}
         self.view = LoadView(now=0.0, ready=[], kv_free=[], resident=[], busy_until=[], assignment_version=0,
-                             utilization=[])
+                             utilization=[], prompt_queue_s=[])
         self.util_t: list[float] = []
         self.heap: list = []
         self.seq = 0
@@ -170,6 +171,7 @@ class Simulator:
             v.resident.append(0)
             v.busy_until.append(0.0)
             v.utilization.append(0.0)
+            v.prompt_queue_s.append(0.0)
             self.util_t.append(0.0)
             self.busy_s.append(0.0)
             self.flops_done.append(0.0)
@@ -196,6 +198,7 @@ class Simulator:
             for req in list(node.requests.values()):
                 self.break_request(req)
             node.queue = []
+            self.view.prompt_queue_s[nid] = 0.0
             node.span = span
             node.load_token += 1
             self.view.ready[nid] = False
@@ -311,6 +314,7 @@ class Simulator:
         decode_cap = -1
         decodes = 0
         prompts = None  # requests with a chunk in this step (a later part of theirs waits)
+        waiting = 0  # prompt tokens left for later steps
         for item in node.queue:
             req, epoch, h, tok, done = item
             if req.epoch != epoch:
@@ -325,12 +329,14 @@ class Simulator:
             if done >= 0:  # prefill chunk
                 if budget <= 0 or (prompts is not None and req in prompts):
                     rest.append(item)
+                    waiting += tok - done
                     continue
                 if prompts is None:
                     prompts = set()
                 prompts.add(req)
                 chunk = min(budget, tok - done)
                 budget -= chunk
+                waiting += tok - done - chunk
                 item = (req, epoch, h, tok, done + chunk, done)  # + where this chunk began
                 context = done + chunk
             else:
@@ -352,6 +358,7 @@ class Simulator:
         node.queue = rest
         if not items:
             node.busy = False
+            self.view.prompt_queue_s[node.spec.id] = 0.0
             return
         model = self.model
         spec = node.spec
@@ -363,6 +370,8 @@ class Simulator:
         dt = max(read / spec.bytes_per_s, flops / spec.flops_per_s) + STEP_OVERHEAD_S
         node.busy = True
         nid = spec.id
+        node.step_s = 0.9 * node.step_s + 0.1 * dt if node.step_s else dt
+        self.view.prompt_queue_s[nid] = waiting / node.chunk * node.step_s
         if self.now >= self.cfg.warmup_s:
             self.busy_s[nid] += dt
             self.flops_done[nid] += flops
@@ -446,6 +455,7 @@ class Simulator:
             return
         node.alive = False
         node.queue = []
+        self.view.prompt_queue_s[spec.id] = 0.0
         self.view.ready[spec.id] = False
         self.view.kv_free[spec.id] = 0.0
         del self.specs[spec.id]

@@ -19,6 +19,7 @@ from engine.scheduler.workload import Slo, Workload
 from engine.swarm.protocol import Hop
 
 REGION = "swarm"  # the live swarm measures RTT per link; placement sees one region for now
+MAX_REPORTED_QUEUE_S = 3600.0  # a node's reported prompt queue is clipped here (a bad report stays bounded)
 
 
 class NoRoute(RuntimeError):
@@ -40,6 +41,7 @@ class Member:
     served_tokens: int = 0
     utilization: float = 0.0  # busy fraction of the node's model thread, recently
     step_ms: float = 0.0  # the node's recent time per forward pass
+    prompt_queue_s: float = 0.0  # seconds of prompt work waiting at the node, as it reports it
 
 
 class SwarmScheduler:
@@ -82,7 +84,7 @@ class SwarmScheduler:
             return member
 
     def heartbeat(self, peer_id: str, ready_range: tuple[int, int] | None, resident: int, kv_free_bytes: float,
-                  served_tokens: int, utilization: float = 0.0) -> Member | None:
+                  served_tokens: int, utilization: float = 0.0, prompt_queue_s: float = 0.0) -> Member | None:
         with self._lock:
             member = self.members.get(peer_id)
             if member is None:
@@ -91,6 +93,7 @@ class SwarmScheduler:
             member.ready_range, member.resident = ready_range, resident
             member.kv_free_bytes, member.served_tokens = kv_free_bytes, served_tokens
             member.utilization = min(max(utilization, 0.0), 1.0)
+            member.prompt_queue_s = min(prompt_queue_s, MAX_REPORTED_QUEUE_S) if prompt_queue_s > 0 else 0.0
             return member
 
     def leave(self, peer_id: str) -> bool:
@@ -134,15 +137,17 @@ class SwarmScheduler:
             kv_free = [0.0] * self._next_index
             resident = [0] * self._next_index
             utilization = [0.0] * self._next_index
+            prompt_queue_s = [0.0] * self._next_index
             for m in by_index.values():
                 assigned = self.assignment.get(m.index)
                 ready[m.index] = m.peer_id not in avoid and assigned is not None and m.ready_range == assigned
                 kv_free[m.index] = m.kv_free_bytes
                 resident[m.index] = m.resident
                 utilization[m.index] = m.utilization
+                prompt_queue_s[m.index] = m.prompt_queue_s
             view = LoadView(now=time.monotonic(), ready=ready, kv_free=kv_free, resident=resident,
                             busy_until=[0.0] * self._next_index, utilization=utilization,
-                            assignment_version=self.version)
+                            prompt_queue_s=prompt_queue_s, assignment_version=self.version)
             if not covers_all_layers(self.assignment, self.shape.num_layers):
                 raise NoRoute(self.too_small_message())
             hops = self.policy.route(RouteRequest(0, prompt_tokens, kv_tokens), self._servers(),

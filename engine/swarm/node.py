@@ -178,7 +178,7 @@ class Node:
         ready = body.get("ready")
         ready_range = tuple(ready) if isinstance(ready, list) and len(ready) == 2 else None
         member = scheduler.heartbeat(message.sender, ready_range, body["resident"], body["kv_free_bytes"],
-                                     body["served_tokens"], body["utilization"])
+                                     body["served_tokens"], body["utilization"], body.get("prompt_queue_s", 0.0))
         if member is None:
             raise WireError("not a member of this swarm: join it first")
         member.step_ms = float(body["step_ms"])
@@ -211,7 +211,7 @@ class Node:
             body = {"resident": len(stage.requests) if stage else 0,
                     "kv_free_bytes": self._kv_free(), "served_tokens": stage.served_tokens if stage else 0,
                     "utilization": stage.utilization() if stage else 0.0, "step_ms": stage.step_ms if stage else 0.0,
-                    "known_version": self.members_version}
+                    "prompt_queue_s": stage.prompt_queue_s() if stage else 0.0, "known_version": self.members_version}
             if self.ready_range:
                 body["ready"] = list(self.ready_range)
             try:

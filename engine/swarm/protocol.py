@@ -34,7 +34,7 @@ schema("ping")
 schema("sched.join", serves=(bool, True), memory_bytes=((int, float), True), profile=(dict, True))
 schema("sched.heartbeat", ready=(list, False), resident=(int, True), kv_free_bytes=((int, float), True),
        served_tokens=(int, True), utilization=((int, float), True), step_ms=((int, float), True),
-       known_version=(int, True))
+       known_version=(int, True), prompt_queue_s=((int, float), False))
 schema("sched.leave")
 schema("sched.route", prompt_tokens=(int, True), kv_tokens=(int, True), avoid=(list, True))
 schema("sched.swarm")

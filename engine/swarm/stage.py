@@ -167,6 +167,15 @@ class StageWorker:
         self._busy_s, self._busy_since = 0.0, now
         return min(busy / span, 1.0)
 
+    def prompt_queue_s(self) -> float:
+        """Seconds of prompt work waiting here: the prompt tokens not yet run, in chunks, at the
+        recent step time. Heartbeats report it; the router weighs it (engine.scheduler.potluck)."""
+        with self._queue.mutex:
+            waiting = list(self._queue.queue)
+        waiting += list(self._carried)
+        tokens = sum(w.inputs.shape[0] - w.done for w in waiting if w is not None and w.kind == "prefill")
+        return tokens / self.prefill_chunk_tokens * self.step_ms / 1e3
+
     def release(self, request_id: str) -> bool:
         with self._lock:
             known = self.requests.pop(request_id, None) is not None
