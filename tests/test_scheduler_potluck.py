@@ -263,3 +263,20 @@ def test_a_prompt_avoids_a_chain_whose_nodes_report_a_long_prompt_queue():
     first = route({})
     assert route({n: 5.0 for n in first}).isdisjoint(first)  # half the TTFT objective queued on each
     assert route({n: 5.0 for n in nodes if n not in first}) == first
+
+
+def test_the_volunteer_swarms_slowest_macs_serve_in_overflow_pipelines():
+    """The 200 Apple M1/M2 Pros (20 GB, 8 TFLOP/s) of the shipped volunteer swarm chain 8 stages at
+    about 1 s per token: too slow for the planned pipelines, fast enough for overflow ones, which
+    may take twice the TPOT objective. (At 1.5x they all stayed on standby.)"""
+    scenario = load_scenario(SCENARIOS / "volunteer_1000.toml")
+    cfg = scenario.sim_config()
+    ctx = SwarmContext(cfg.model, cfg.rtt, cfg.workload, cfg.slo)
+    plan = allocate(list(cfg.initial_nodes), ctx)
+    pros = {n.id for n in cfg.initial_nodes if n.tflops == 8}
+    planned = {nid for p in plan.pipelines for nid, _, _ in p.stages}
+    serving = pros & plan.overflow_nodes
+    assert len(serving) >= 0.8 * len(pros) and not pros & planned
+    for p in plan.overflow:
+        if {nid for nid, _, _ in p.stages} & pros:
+            assert ctx.slo.tpot_p50_s < p.tpot_s <= 2.0 * ctx.slo.tpot_p50_s
