@@ -208,9 +208,9 @@ def test_pipeline_model_predicts_slower_tokens_with_more_sessions():
     pm = PipelineModel(ctx)
     stages = [node(i, 24, bandwidth_gbs=900) for i in range(8)]
     layers = [10] * 8
-    links = pm.links(stages)
-    t1, r1 = pm.cycle(stages, layers, 1, links)
-    t64, r64 = pm.cycle(stages, layers, 64, links)
+    chain = pm.chain(stages, layers)
+    t1, r1 = chain.cycle(1)
+    t64, r64 = chain.cycle(64)
     assert t64 > t1 and r64 > 10 * r1
 
 

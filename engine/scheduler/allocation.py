@@ -159,49 +159,8 @@ class PipelineModel:
         rtt = self.ctx.rtt
         return sum(rtt.rtt_s(s.region, stages[(k + 1) % len(stages)].region) / 2 for k, s in enumerate(stages))
 
-    def cycle(self, stages: list[NodeSpec], layers: list[int], q: float, links: float) -> tuple[float, float]:
-        """(token time, tokens/s) of a pipeline holding q requests, spread evenly over its stages.
-
-        Per stage: its decode step at batch q/S, slowed by the share of time it spends on prompts
-        (rho = request rate x prefill time), plus uploading the batch's hidden states; plus links.
-        The request rate depends on the throughput, so iterate to the fixed point.
-        """
-        model, wl = self.ctx.model, self.ctx.workload
-        batch = q / len(stages)
-        hidden = model.hidden_state_bytes(1)
-        steps = [n * layer_decode_time(s, model, batch, self.context) + STEP_OVERHEAD_S for s, n in zip(stages, layers)]
-        uploads = [batch * transfer_time(s, hidden) if len(stages) > 1 else 0.0 for s in stages]
-        prefills = [prefill_time(s, model, n, int(wl.prompt_tokens_mean)) for s, n in zip(stages, layers)]
-        rate = 0.0
-        for _ in range(12):
-            requests_per_s = rate / wl.output_tokens_mean
-            t = links
-            for step, up, pre in zip(steps, uploads, prefills):
-                rho = min(0.95, requests_per_s * pre)
-                t += step / (1 - rho) + up
-            new_rate = q / t
-            if abs(new_rate - rate) < 1e-3 * new_rate:
-                break
-            rate = 0.5 * (rate + new_rate) if rate else new_rate
-        return t, q / t
-
-    def ttft(self, stages: list[NodeSpec], layers: list[int], rate: float) -> float:
-        """Bare time to first token of a planned-length prompt while the pipeline runs at `rate`
-        tokens/s: its chunks pass the stages (and the uplinks between them) pipelined."""
-        model, wl = self.ctx.model, self.ctx.workload
-        requests_per_s = rate / wl.output_tokens_mean
-        prompt = int(self.long_prompt)
-        times, shares, links = [], [], 0.0
-        for k, (s, n) in enumerate(zip(stages, layers)):
-            rho = min(0.95, requests_per_s * prefill_time(s, model, n, int(wl.prompt_tokens_mean)))
-            share = prefill_chunk_tokens(s.flops_per_s, s.bytes_per_s, model) / prompt
-            times.append(prefill_time(s, model, n, prompt) / (1 - rho))
-            shares.append(share)
-            if k + 1 < len(stages):
-                links += self.ctx.rtt.rtt_s(s.region, stages[k + 1].region) / 2
-                times.append(transfer_time(s, model.hidden_state_bytes(prompt)))
-                shares.append(share)
-        return pipelined_time(times, shares) + links
+    def chain(self, stages: list[NodeSpec], layers: list[int]) -> ChainTimes:
+        return ChainTimes(self, stages, layers)
 
     def evaluate(self, stages: list[NodeSpec], layers: list[int]) -> tuple[float, float, float, float] | None:
         """(tok/s, concurrency, tpot, ttft) at the largest concurrency that memory holds and that
@@ -213,11 +172,11 @@ class PipelineModel:
             free = s.memory_bytes - model.weight_bytes(start, start + n)
             hold.append(free / model.kv_bytes(self.kv_tokens, n))
         q_max = min(hold)
-        links = self.links(stages)
+        chain = self.chain(stages, layers)
 
         def within(q: float) -> bool:
-            tpot, rate = self.cycle(stages, layers, q, links)
-            return tpot <= self.tpot_budget and self.ttft(stages, layers, rate) <= self.ttft_budget
+            tpot, rate = chain.cycle(q)
+            return tpot <= self.tpot_budget and chain.ttft(rate) <= self.ttft_budget
 
         if q_max < 1 or not within(1.0):
             return None
@@ -228,8 +187,69 @@ class PipelineModel:
                 mid = (lo + hi) / 2
                 lo, hi = (mid, hi) if within(mid) else (lo, mid)
             q = lo
-        tpot, rate = self.cycle(stages, layers, q, links)
-        return rate, q, tpot, self.ttft(stages, layers, rate)
+        tpot, rate = chain.cycle(q)
+        return rate, q, tpot, chain.ttft(rate)
+
+
+class ChainTimes:
+    """A pipeline's predicted times under load. What does not depend on the load (prefill times,
+    uploads of a prompt, links) is computed once: the planner asks each chain about many loads."""
+
+    def __init__(self, pm: PipelineModel, stages: list[NodeSpec], layers: list[int]):
+        model, wl = pm.ctx.model, pm.ctx.workload
+        self.model, self.context, self.output_tokens = model, pm.context, wl.output_tokens_mean
+        self.stages, self.layers = stages, layers
+        self.links = pm.links(stages)
+        self.prefills = [prefill_time(s, model, n, int(wl.prompt_tokens_mean)) for s, n in zip(stages, layers)]
+        prompt = int(pm.long_prompt)
+        self.long_prefills = [prefill_time(s, model, n, prompt) for s, n in zip(stages, layers)]
+        self.chunk_shares = [prefill_chunk_tokens(s.flops_per_s, s.bytes_per_s, model) / prompt for s in stages]
+        self.prompt_uploads = [transfer_time(s, model.hidden_state_bytes(prompt)) for s in stages[:-1]]
+        self.prompt_links = 0.0
+        for s, nxt in zip(stages, stages[1:]):
+            self.prompt_links += pm.ctx.rtt.rtt_s(s.region, nxt.region) / 2
+        hidden = model.hidden_state_bytes(1)
+        self.token_uploads = [transfer_time(s, hidden) if len(stages) > 1 else 0.0 for s in stages]
+
+    def cycle(self, q: float) -> tuple[float, float]:
+        """(token time, tokens/s) of the pipeline holding q requests, spread evenly over its stages.
+
+        Per stage: its decode step at batch q/S, slowed by the share of time it spends on prompts
+        (rho = request rate x prefill time), plus uploading the batch's hidden states; plus links.
+        The request rate depends on the throughput, so iterate to the fixed point.
+        """
+        batch = q / len(self.stages)
+        steps = [n * layer_decode_time(s, self.model, batch, self.context) + STEP_OVERHEAD_S
+                 for s, n in zip(self.stages, self.layers)]
+        uploads = [batch * up for up in self.token_uploads]
+        rate = 0.0
+        for _ in range(12):
+            requests_per_s = rate / self.output_tokens
+            t = self.links
+            for step, up, pre in zip(steps, uploads, self.prefills):
+                rho = requests_per_s * pre
+                if rho > 0.95:  # min() here cost a tenth of a 1000-node plan
+                    rho = 0.95
+                t += step / (1 - rho) + up
+            new_rate = q / t
+            if abs(new_rate - rate) < 1e-3 * new_rate:
+                break
+            rate = 0.5 * (rate + new_rate) if rate else new_rate
+        return t, q / t
+
+    def ttft(self, rate: float) -> float:
+        """Bare time to first token of a planned-length prompt while the pipeline runs at `rate`
+        tokens/s: its chunks pass the stages (and the uplinks between them) pipelined."""
+        requests_per_s = rate / self.output_tokens
+        times, shares = [], []
+        for k, (pre, long, share) in enumerate(zip(self.prefills, self.long_prefills, self.chunk_shares)):
+            rho = min(0.95, requests_per_s * pre)
+            times.append(long / (1 - rho))
+            shares.append(share)
+            if k < len(self.prompt_uploads):
+                times.append(self.prompt_uploads[k])
+                shares.append(share)
+        return pipelined_time(times, shares) + self.prompt_links
 
 
 def hardware_key(node: NodeSpec) -> tuple:
