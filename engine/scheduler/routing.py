@@ -22,11 +22,14 @@ def cheapest_ring(num_layers: int, spans: list[tuple[int, int, int, int]], per_l
     best, best_cost = None, INF
     for region in starts:
         # only regions a chain can reach from its first stage (all of them, unless hops between
-        # regions are ruled out): the others' spans would only slow the search down
-        reach = reachable(region, half_rtt)
-        allowed = [k for k, sp in enumerate(spans) if sp[3] in reach and (sp[1] > 0 or sp[3] == region)]
-        found = cheapest_chain(num_layers, [spans[k] for k in allowed], [per_layer[k] for k in allowed],
-                               [fixed[k] for k in allowed], half_rtt, close_to=region)
+        # regions are ruled out): the others' spans, and the others' rows of the search, would
+        # only slow it down
+        reach = sorted(reachable(region, half_rtt))
+        local = {g: j for j, g in enumerate(reach)}
+        allowed = [k for k, sp in enumerate(spans) if sp[3] in local and (sp[1] > 0 or sp[3] == region)]
+        found = cheapest_chain(num_layers, [(*spans[k][:3], local[spans[k][3]]) for k in allowed],
+                               [per_layer[k] for k in allowed], [fixed[k] for k in allowed],
+                               [[half_rtt[a][b] for b in reach] for a in reach], close_to=local[region])
         if found is not None and found[1] < best_cost:
             best, best_cost = found[0], found[1]
     return best
