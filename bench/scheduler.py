@@ -1,15 +1,18 @@
 """Scheduler benchmark: allocation and routing speed, and every policy's capacity per scenario.
 
-    python bench/scheduler.py [--scenario FILE]... [--plot PATH] [--skip-capacity]
+    python bench/scheduler.py [--scenario FILE]... [--plot PATH] [--skip-capacity] [--jobs N]
 
 Prints progress lines, then one JSON object as its last line. Capacity is the highest output
 tokens/s a policy sustains within the scenario's SLO (search over the arrival rate, see
-engine/scheduler/capacity.py); the upper bound is engine/scheduler/upper_bound.py.
+engine/scheduler/capacity.py); the upper bound is engine/scheduler/upper_bound.py. With --jobs N
+every (scenario, policy) capacity search runs in one of N processes, after the timings (which run
+alone); the simulations are deterministic, so only the wall times change.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import random
 import statistics
@@ -104,11 +107,38 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def policy_report(task: tuple[Path, str]) -> tuple[Path, str, dict, float]:
+    """One policy's capacity (and the bound) on one scenario, in a worker process."""
+    path, policy = task
+    t0 = time.perf_counter()
+    return path, policy, evaluate(load_scenario(path), [policy]), time.perf_counter() - t0
+
+
+def scenario_entry(name: str, reports: list[dict], wall_s: float) -> tuple[dict, str]:
+    """The JSON entry and progress line of one scenario from its policies' reports."""
+    first = reports[0]
+    pols = {policy: r["policies"][policy] for r in reports for policy in r["policies"]}
+    pols = {policy: pols[policy] for policy in POLICY_NAMES if policy in pols}
+    entry = {"upper_bound_tok_s": first["upper_bound_tok_s"], "bound_binding": first.get("bound_binding", []),
+             "policies": pols, "wall_s": round(wall_s, 1)}
+    if "error" in first:
+        entry["error"] = first["error"]
+    best = max(BASELINES, key=lambda n: pols[n]["capacity_tok_s"])
+    ours = pols["potluck"]["capacity_tok_s"]
+    if first["upper_bound_tok_s"] > 0:
+        entry["best_baseline"] = best
+        entry["vs_best_baseline"] = round(ours / pols[best]["capacity_tok_s"], 2) if pols[best]["capacity_tok_s"] else None
+        entry["vs_upper_bound"] = round(ours / first["upper_bound_tok_s"], 3)
+    caps = ", ".join(f"{n} {p['capacity_tok_s']}" for n, p in pols.items())
+    return entry, f"{name}: bound {first['upper_bound_tok_s']} tok/s; {caps} ({entry['wall_s']} s of searching)"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", action="append", help="scenario file (default: all shipped)")
     parser.add_argument("--plot", default=str(ROOT / "bench" / "out" / "scheduler.png"))
     parser.add_argument("--skip-capacity", action="store_true", help="timings only")
+    parser.add_argument("--jobs", type=int, default=1, help="capacity searches at once, one process each")
     args = parser.parse_args()
     started = time.perf_counter()
     out: dict = {}
@@ -125,25 +155,18 @@ def main() -> int:
     results = {}
     if not args.skip_capacity:
         paths = [Path(p) for p in args.scenario] if args.scenario else sorted(SCENARIOS.glob("*.toml"))
-        for path in paths:
-            scenario = load_scenario(path)
-            t0 = time.perf_counter()
-            report = evaluate(scenario, list(POLICY_NAMES))
-            entry = {"upper_bound_tok_s": report["upper_bound_tok_s"], "bound_binding": report.get("bound_binding", []),
-                     "policies": report["policies"], "wall_s": round(time.perf_counter() - t0, 1)}
-            if "error" in report:
-                entry["error"] = report["error"]
-            pols = report["policies"]
-            best = max(BASELINES, key=lambda n: pols[n]["capacity_tok_s"])
-            ours = pols["potluck"]["capacity_tok_s"]
-            if report["upper_bound_tok_s"] > 0:
-                entry["best_baseline"] = best
-                entry["vs_best_baseline"] = round(ours / pols[best]["capacity_tok_s"], 2) if pols[best]["capacity_tok_s"] else None
-                entry["vs_upper_bound"] = round(ours / report["upper_bound_tok_s"], 3)
-            results[scenario.name] = entry
-            caps = ", ".join(f"{n} {p['capacity_tok_s']}" for n, p in pols.items())
-            print(f"{scenario.name}: bound {report['upper_bound_tok_s']} tok/s; {caps} ({entry['wall_s']} s)",
-                  flush=True)
+        # the 1000-node searches first: they take longest, so the pool's other worker does the rest meanwhile
+        paths.sort(key=lambda p: p.name != "volunteer_1000.toml")
+        tasks = [(path, policy) for path in paths for policy in POLICY_NAMES]
+        by_path: dict[Path, list] = {path: [] for path in paths}
+        with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            for path, policy, report, wall in pool.map(policy_report, tasks):
+                by_path[path].append((report, wall))
+                if len(by_path[path]) == len(POLICY_NAMES):
+                    name = report["scenario"]
+                    results[name], line = scenario_entry(name, [r for r, _ in by_path[path]],
+                                                         sum(w for _, w in by_path[path]))
+                    print(line, flush=True)
         if results:
             plot(results, Path(args.plot))
             print(f"plot: {args.plot}", flush=True)

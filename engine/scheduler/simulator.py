@@ -8,7 +8,11 @@ Physics (identical for every policy; nothing here knows which policy runs):
   bandwidth), the rest of a started prompt first, one chunk per request per step; each chunk's
   hidden states move on as soon as it is done, so the stages of a chain work on a long prompt at
   the same time (engine/swarm/stage.py batches and forwards the same way);
-- a hop costs RTT/2 plus serialisation on the sender's uplink (one transfer at a time);
+- a hop costs RTT/2 plus serialisation on the sender's one uplink: decode messages (one hidden
+  state per token) go first, one after another, and every byte they send pushes the prompts'
+  hidden states (bulk transfers, one after another) back by its time, so decode and prompts
+  together never send faster than the uplink (a transfer already under way keeps its finish time:
+  the error is at most one transfer's overlap per busy period);
 - a request reserves KV cache (prompt + max_tokens) on every node of its chain when admitted and
   frees it when done; if the chain has no room it waits and is retried when memory frees;
 - nodes join, leave (abruptly) and reload weights when their layers change; the requests a lost
@@ -95,8 +99,8 @@ class Node:
         self.kv_cap = 0.0
         self.queue: list = []
         self.busy = False
-        self.uplink_free = 0.0  # decode messages (small) queue here ...
-        self.bulk_free = 0.0  # ... and prompts' hidden states here, so a prompt does not hold up tokens
+        self.uplink_free = 0.0  # decode messages queue here, ahead of ...
+        self.bulk_free = 0.0  # ... prompts' hidden states, which their bytes push back (one uplink)
         self.requests: dict[int, Request] = {}  # by id: insertion order keeps runs reproducible
         self.load_token = 0
         self.step_s = 0.0  # moving average of its steps' time, as a live stage keeps (step_ms)
@@ -444,6 +448,7 @@ class Simulator:
                 t += per_item * len(part)
                 self.push(t + latency, DELIVER, dest, part)
             node.uplink_free = t
+            node.bulk_free = max(node.bulk_free, now) + per_item * len(tokens)
         if node.queue:
             self.start_step(node)
         if finished_any and self.pending:

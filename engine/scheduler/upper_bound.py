@@ -16,13 +16,13 @@ Constraints, and why each holds:
   compute   a step takes max(bytes/bandwidth, FLOPs/FLOP/s) + overhead, so a node present and
             loaded for a fraction a of the time does at most a * FLOP/s of FLOPs:
             (x_g + p_g) * flops_per_token_layer + h_g <= FLOP/s_g * A_g, A_g = sum of a over g.
-  decode    every maximal run of a chain on one node ends by sending one hidden state (to the next
-  uplink    stage, or back to the first) through that node's uplink, one message after another; a
-            run covers at most cap_g = floor(memory / layer_bytes) layers. Unless a node can hold
-            the whole model (then a chain may be that node alone), x_g <= cap_g * A_g * uplink / hidden.
-  prompt    likewise every non-final prefill run uploads its prompt's hidden states on the node's
-  uplink    bulk channel: p_g / cap_g - f_g <= A_g * uplink / hidden, where each prefill has exactly
-            one final run (sum_g f_g <= sum_g p_g / L) and f_g <= p_g.
+  uplink    every maximal run of a chain on one node ends by sending one hidden state per token
+            (to the next stage, or back to the first) through that node's one uplink; a run covers
+            at most cap_g = floor(memory / layer_bytes) layers. Decode sends at least x_g / cap_g
+            hidden states and prefill, whose every non-final run uploads its prompt's, at least
+            p_g / cap_g - f_g, where each prefill has exactly one final run (sum_g f_g <= sum_g
+            p_g / L) and f_g <= p_g. Unless a node can hold the whole model (then a chain may be
+            that node alone): x_g / cap_g + p_g / cap_g - f_g <= A_g * uplink / hidden.
 Expected lengths E[p], E[o] are taken conservatively for the clipped, rounded log-normal the
 simulator draws (see length_bounds), so every per-token demand above is a lower bound.
 
@@ -193,8 +193,7 @@ def bound(nodes: list[NodeSpec], model: ModelShape, workload: Workload,
             continue  # it can serve whole chains alone, with nothing to send
         cap = min(L, int(node.memory_bytes // model.layer_bytes))
         messages = a * node.uplink_mbps * 1e6 / 8 / hidden / scale  # hidden states per second
-        row({X + g: 1.0}, cap * messages, f"decode uplink of {_label(node, a)}")
-        row({P + g: 1.0 / cap, F + g: -1.0}, messages, f"prompt uplink of {_label(node, a)}")
+        row({X + g: 1.0 / cap, P + g: 1.0 / cap, F + g: -1.0}, messages, f"uplink of {_label(node, a)}")
 
     c = np.zeros(1 + 4 * G)
     c[R] = 1.0
