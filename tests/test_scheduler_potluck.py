@@ -280,3 +280,26 @@ def test_the_volunteer_swarms_slowest_macs_serve_in_overflow_pipelines():
     for p in plan.overflow:
         if {nid for nid, _, _ in p.stages} & pros:
             assert ctx.slo.tpot_p50_s < p.tpot_s <= 2.0 * ctx.slo.tpot_p50_s
+
+
+def test_a_spare_card_that_frees_cache_joins_the_pipeline(monkeypatch):
+    """On the shipped LAN (8 x 24 GB cards) seven cards hold the model; the eighth, as one more
+    stage, lets every stage hold fewer layers and more cache. As a stitcher beside the pipeline it
+    only doubled a few layers: at 10.6 requests/s that plan missed the TTFT objective while the
+    wider pipeline serves more tokens within it."""
+    import engine.scheduler.allocation as allocation
+    from engine.scheduler.simulator import meets_slo, simulate
+
+    scenario = load_scenario(SCENARIOS / "homogeneous_lan.toml")
+    cfg = scenario.sim_config(arrival_rate=10.6, duration_s=scenario.search_duration_s,
+                              warmup_s=scenario.search_warmup_s)
+    ctx = SwarmContext(cfg.model, cfg.rtt, cfg.workload, cfg.slo)
+    plan = allocate(list(cfg.initial_nodes), ctx)
+    assert [len(p.stages) for p in plan.pipelines] == [len(cfg.initial_nodes)]
+    wide = simulate(cfg, "potluck")
+    monkeypatch.setattr(allocation, "WIDEN_GAIN", float("inf"))
+    narrow_plan = allocate(list(cfg.initial_nodes), ctx)
+    assert [len(p.stages) for p in narrow_plan.pipelines] == [len(cfg.initial_nodes) - 1]
+    narrow = simulate(cfg, "potluck")
+    assert meets_slo(wide, cfg.slo) and not meets_slo(narrow, cfg.slo)
+    assert wide.output_tok_s > 1.03 * narrow.output_tok_s
