@@ -303,3 +303,26 @@ def test_a_spare_card_that_frees_cache_joins_the_pipeline(monkeypatch):
     narrow = simulate(cfg, "potluck")
     assert meets_slo(wide, cfg.slo) and not meets_slo(narrow, cfg.slo)
     assert wide.output_tok_s > 1.03 * narrow.output_tok_s
+
+
+def test_spare_cards_that_hold_the_model_together_form_a_pipeline_before_stitching(monkeypatch):
+    """On the shipped heterogeneous swarm the EU's five 3090s are too many for the A100 pipeline
+    and too slow for a pipeline of their own within the TPOT budget. As stitchers they doubled a
+    few of the A100s' layers (busy 23%); with the region's two idle Macs they form an overflow
+    pipeline, which also turns on the router's prompt-queue gate, and the swarm meets the SLO at
+    21.5 requests/s where the stitched plan missed the TTFT objective."""
+    import engine.scheduler.allocation as allocation
+    from engine.scheduler.simulator import meets_slo, simulate
+
+    scenario = load_scenario(SCENARIOS / "heterogeneous_3region.toml")
+    cfg = scenario.sim_config(arrival_rate=21.5, duration_s=scenario.search_duration_s,
+                              warmup_s=scenario.search_warmup_s)
+    ctx = SwarmContext(cfg.model, cfg.rtt, cfg.workload, cfg.slo)
+    plan = allocate(list(cfg.initial_nodes), ctx)
+    eu_spares = {n.id for n in cfg.initial_nodes if n.region == "eu" and n.tflops < 100}
+    assert plan.overflow_nodes == eu_spares and not plan.stitchers
+    with_overflow = simulate(cfg, "potluck")
+    monkeypatch.setattr(allocation, "overflow_pipelines", lambda spare, pm: [])
+    stitched = allocate(list(cfg.initial_nodes), ctx)
+    assert {n.id for n in cfg.initial_nodes if n.tflops == 35} <= set(stitched.stitchers)
+    assert meets_slo(with_overflow, cfg.slo) and not meets_slo(simulate(cfg, "potluck"), cfg.slo)

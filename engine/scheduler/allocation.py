@@ -521,24 +521,24 @@ def place_stitchers(leftover: list[NodeSpec], q: int, rates: np.ndarray, ref_cyc
 
 def allocate(nodes: list[NodeSpec], ctx: SwarmContext) -> Plan:
     check_swarm_fits(nodes, ctx)
-    plan = _allocate(nodes, PipelineModel(ctx))
-    if plan.pipelines:
-        add_overflow(plan, nodes, PipelineModel(ctx, tpot_share=OVERFLOW_TPOT_SHARE))
-    else:
+    plan = _allocate(nodes, PipelineModel(ctx), PipelineModel(ctx, tpot_share=OVERFLOW_TPOT_SHARE))
+    if not plan.pipelines:
         plan = _allocate(nodes, PipelineModel(ctx, strict=False))
     if not plan.pipelines:
         ensure_coverage(nodes, plan, ctx)
     return plan
 
 
-def _allocate(nodes: list[NodeSpec], pm: PipelineModel) -> Plan:
+def _allocate(nodes: list[NodeSpec], pm: PipelineModel, overflow_pm: PipelineModel | None = None) -> Plan:
     pipelines, leftover, q = plan_pipelines(nodes, pm)
     if not pipelines:
         return Plan({}, [], [], 1)
+    overflow = overflow_pipelines(leftover, overflow_pm) if overflow_pm else []
     assignment: Assignment = {}
-    for p in pipelines:
+    for p in pipelines + overflow:
         for node, start, end in p.stages:
             assignment[node] = (start, end)
+    leftover = [n for n in leftover if n.id not in assignment]
     # stitchers go where their own region is thinnest, since that is where their routes run; all
     # size their layers for the smallest reservation any region chose (more layers, less cache each
     # measured better on the volunteer swarm than each region's own q)
@@ -550,27 +550,31 @@ def _allocate(nodes: list[NodeSpec], pm: PipelineModel) -> Plan:
         ref_cycle = reference_cycle(local)
         stitchers += place_stitchers([n for n in leftover if n.region == region], q, rates, ref_cycle, pm,
                                      assignment)
-    return Plan(assignment, pipelines, stitchers, q)
+    return Plan(assignment, pipelines, stitchers, q, overflow)
 
 
-def add_overflow(plan: Plan, nodes: list[NodeSpec], pm: PipelineModel) -> None:
-    """Pipelines, each inside one region, of the nodes left on standby, planned for a looser TPOT.
+def overflow_pipelines(spare: list[NodeSpec], pm: PipelineModel) -> list[Pipeline]:
+    """Pipelines, each inside one region, of the nodes the planned pipelines left, planned for a
+    looser TPOT.
 
-    Routing uses them only when the planned pipelines have no cache room, and never mixes the two:
-    a slow stage in a fast chain would hold the fast stages' cache for its slower cycle (see
-    speeds_up_chains). On the volunteer swarm these are the 12 GB cards, idle otherwise."""
+    Routing uses them only when the planned pipelines have no cache room or are busy with prompts,
+    and never mixes the two: a slow stage in a fast chain would hold the fast stages' cache for its
+    slower cycle (see speeds_up_chains). On the volunteer swarm these are the 12 GB cards, idle
+    otherwise. They form before any spare node stitches: a stitcher only doubles a few layers of
+    pipelines that are already whole, while a pipeline of the same nodes holds every layer again
+    and gives prompts a calm place when the fast ones queue. On the heterogeneous swarm the EU's
+    five 3090s stitched the A100 pipeline at 23% busy; with its two idle Macs they form a pipeline
+    instead, and the swarm passes the SLO at 21.5 requests/s (5398 tok/s; it failed there before)."""
     by_region: dict[str, list[NodeSpec]] = {}
-    for n in nodes:
-        if n.id not in plan.assignment:
-            by_region.setdefault(n.region, []).append(n)
+    for n in spare:
+        by_region.setdefault(n.region, []).append(n)
+    out = []
     for region in sorted(by_region):
         # the nodes left are alike (slow): mixing fast and slow ends gains nothing, and their
         # predicted rate barely moves with q, so a coarse grid keeps allocation fast at 1000 nodes
         pipes, _, _ = best_pipelines(by_region[region], pm, grid=CONCURRENCY_GRID[::3], mixes=(False,))
-        for p in pipes:
-            plan.overflow.append(p)
-            for node, start, end in p.stages:
-                plan.assignment[node] = (start, end)
+        out += pipes
+    return out
 
 
 def ensure_coverage(nodes: list[NodeSpec], plan: Plan, ctx: SwarmContext) -> None:
