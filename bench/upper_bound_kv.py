@@ -120,8 +120,8 @@ def kv_bound(cfg) -> float:
         per_run = STEP_OVERHEAD_S
         if k < L:
             messages = n.uplink_mbps * 1e6 / 8 / hidden / scale
-            row({**{x: 1.0 for x in xs}, a: -k * messages}, 0.0)
-            row({p: 1.0 / k, fin: -1.0, a: -messages}, 0.0)
+            # decode messages and prompts' uploads share the one uplink (simulator: since c0a534e)
+            row({**{x: 1.0 / k for x in xs}, p: 1.0 / k, fin: -1.0, a: -messages}, 0.0)
             per_run += half_rtt + hidden / (n.uplink_mbps * 1e6 / 8)
         per_pass = lb / n.bytes_per_s + per_run / k + model.lm_head_bytes / bw_max / L
         row({**{x: kv * classes[q] * fastest_cycle * scale / 1e12 for q, x in enumerate(xs)}, a: -free_tb}, 0.0)
