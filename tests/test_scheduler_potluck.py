@@ -203,6 +203,29 @@ def test_prompts_pass_to_the_overflow_pipeline_while_the_planned_one_works_throu
     assert route(20.0, 30) == pipeline
 
 
+def test_an_overflow_pipeline_holds_no_more_sessions_than_it_was_planned_for():
+    """Apple M1/M2 Max laptops have cache room for several times the sessions their FLOP/s can
+    prefill and decode within the overflow TPOT: once a pipeline of them holds its planned
+    concurrency, it takes no more requests though its cache has room (README, Scheduler)."""
+    slow = {i: node(i, 40, tflops=13, bandwidth_gbs=350) for i in range(10)}
+    nodes, policy, assignment, view = fast_pipeline_and_overflow(slow)
+    pipes = policy.plan.overflow
+    assert len(pipes) == 2
+    view.kv_free[101] = 0.0  # the planned pipeline is full
+    request = RouteRequest(0, prompt_tokens=256, kv_tokens=384)
+    for pipe in pipes:
+        room = [view.kv_free[n] / LLAMA_70B.kv_bytes(request.kv_tokens, e - s) for n, s, e in pipe.stages]
+        assert min(room) > 2 * pipe.concurrency  # the cache alone would take twice as many
+        for n, _, _ in pipe.stages:
+            view.resident[n] = int(np.ceil(pipe.concurrency))
+    assert policy.route(request, nodes, assignment, view) is None  # it waits
+    second = pipes[1]
+    for n, _, _ in second.stages:
+        view.resident[n] = int(second.concurrency) - 1
+    chain = policy.route(request, nodes, assignment, view)
+    assert chain and {h.node for h in chain} <= {n for n, _, _ in second.stages}
+
+
 def test_pipeline_model_predicts_slower_tokens_with_more_sessions():
     ctx = context(LLAMA_70B)
     pm = PipelineModel(ctx)

@@ -213,6 +213,12 @@ class PotluckPolicy(Policy):
                                dtype=float)
         overflow = self.plan.overflow_nodes if self.plan else set()
         self._overflow = np.array([n in overflow for n in ids], dtype=bool)
+        # an overflow pipeline holds at most the sessions it was planned for: its nodes' cache
+        # outlasts their FLOP/s (an M1/M2 Max chain of the volunteer swarm has room for 418 but
+        # prefills and decodes 129 within twice the TPOT objective; filled to its cache, its
+        # prompt queue grew without bound and it held 95% of the late first tokens)
+        planned_sessions = {n: p.concurrency for p in (self.plan.overflow if self.plan else []) for n, _, _ in p.stages}
+        self._session_cap = np.array([planned_sessions.get(n, np.inf) for n in ids], dtype=float)
         self._kv_cap = np.array([nodes[n].memory_bytes - model.weight_bytes(s, e) for n, s, e, _ in rows])
 
     def route(self, request: RouteRequest, nodes: dict[int, NodeSpec], current: Assignment,
@@ -319,7 +325,7 @@ class PotluckPolicy(Policy):
                 chain = cheapest_ring(model.num_layers, spans, per_layer, heavy.tolist(), hop_cost) or chain
             return chain
 
-        has_room = ready & (kv_free >= need)
+        has_room = ready & (kv_free >= need) & (resident < self._session_cap)
         planned = has_room & ~self._overflow
         overflow = has_room & self._overflow
         # planned pipelines first; the overflow pipelines answer, slower and on their own, when the
