@@ -237,6 +237,19 @@ def test_pipeline_model_predicts_slower_tokens_with_more_sessions():
     assert t64 > t1 and r64 > 10 * r1
 
 
+def test_predicted_first_token_waits_for_an_uplink_busy_with_other_traffic():
+    """A prompt's hidden states share each stage's uplink with every decode token's and the other
+    prompts': with the uplinks half full the uploads take twice as long (a 12 GB volunteer card's
+    200 Mbit/s uplink, not its FLOP/s, is what queues prompts on its chains)."""
+    ctx = context(LLAMA_70B)
+    pm = PipelineModel(ctx)
+    stages = [node(i, 24, tflops=10_000, bandwidth_gbs=900, uplink_mbps=100) for i in range(8)]
+    chain = pm.chain(stages, [10] * 8)
+    per_token = chain.token_uploads[0] + chain.mean_prompt_uploads[0] / ctx.workload.output_tokens_mean
+    idle, half = chain.ttft(1e-9), chain.ttft(0.5 / per_token)
+    assert 1.7 * idle < half < 2.1 * idle  # the uploads are most of the idle chain's first token
+
+
 def test_no_global_replan_without_a_gain_worth_the_reload():
     ctx = context(LLAMA_70B)
     nodes = {i: node(i, 24, bandwidth_gbs=900) for i in range(14)}

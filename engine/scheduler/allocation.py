@@ -206,6 +206,8 @@ class ChainTimes:
         self.long_prefills = [prefill_time(s, model, n, prompt) for s, n in zip(stages, layers)]
         self.chunk_shares = [prefill_chunk_tokens(s.flops_per_s, s.bytes_per_s, model) / prompt for s in stages]
         self.prompt_uploads = [transfer_time(s, model.hidden_state_bytes(prompt)) for s in stages[:-1]]
+        self.mean_prompt_uploads = [transfer_time(s, model.hidden_state_bytes(wl.prompt_tokens_mean))
+                                    for s in stages[:-1]]
         self.prompt_links = 0.0
         for s, nxt in zip(stages, stages[1:]):
             self.prompt_links += pm.ctx.rtt.rtt_s(s.region, nxt.region) / 2
@@ -240,7 +242,9 @@ class ChainTimes:
 
     def ttft(self, rate: float) -> float:
         """Bare time to first token of a planned-length prompt while the pipeline runs at `rate`
-        tokens/s: its chunks pass the stages (and the uplinks between them) pipelined."""
+        tokens/s: its chunks pass the stages (and the uplinks between them) pipelined. An uplink
+        also carries every decode token's hidden state and the other prompts: on the volunteer
+        swarm's 100-200 Mbit/s cards that load, not their FLOP/s, is what queues prompts."""
         requests_per_s = rate / self.output_tokens
         times, shares = [], []
         for k, (pre, long, share) in enumerate(zip(self.prefills, self.long_prefills, self.chunk_shares)):
@@ -248,7 +252,8 @@ class ChainTimes:
             times.append(long / (1 - rho))
             shares.append(share)
             if k < len(self.prompt_uploads):
-                times.append(self.prompt_uploads[k])
+                sent = min(0.95, requests_per_s * self.mean_prompt_uploads[k] + rate * self.token_uploads[k])
+                times.append(self.prompt_uploads[k] / (1 - sent))
                 shares.append(share)
         return pipelined_time(times, shares) + self.prompt_links
 
