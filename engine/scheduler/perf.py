@@ -1,4 +1,4 @@
-"""Performance model: how long a node takes for a step, a prefill, a hop; how much KV a request needs.
+"""Performance model: how long a node takes for a step, a prefill, an upload.
 
 Decode is memory-bandwidth-bound: every step reads the stage's weights once for the whole batch
 and each request's KV cache; prefill is compute-bound. A step takes the larger of the two
@@ -26,10 +26,6 @@ def layer_decode_time(node: NodeSpec, model: ModelShape, batch: float, context: 
     return max(read / node.bytes_per_s, batch * model.flops_per_token_layer / node.flops_per_s)
 
 
-def decode_step_time(node: NodeSpec, model: ModelShape, layers: int, batch: float, context: float) -> float:
-    return layers * layer_decode_time(node, model, batch, context) + STEP_OVERHEAD_S
-
-
 def prefill_time(node: NodeSpec, model: ModelShape, layers: int, tokens: int) -> float:
     read = layers * (model.layer_bytes + tokens * model.kv_bytes_per_token_layer)
     return step_time(node, read, layers * tokens * model.flops_per_token_layer)
@@ -44,7 +40,7 @@ def prefill_chunk_tokens(flops_per_s: float, bytes_per_s: float, model: ModelSha
     token that shares the step wait longer for little gain. One size for every node (256) stalled
     decode on cards with few FLOP/s per byte: a 256-token chunk through 10 layers takes 73 ms on a
     3090-class card, 4x its weight read, and their pipelines' time per token sat at the TPOT
-    objective (README, Scheduler).
+    objective (docs/scheduler-experiments.md, "prefill chunks sized per node").
 
     A node that has timed its own shard (engine.profile.time_prefill_steps: a step costs
     step_fixed_s + tokens * step_per_token_s) takes at least the chunk whose fixed cost is
@@ -72,12 +68,3 @@ def pipelined_time(stage_s: list[float], chunk_share: list[float]) -> float:
 def transfer_time(node: NodeSpec, nbytes: float) -> float:
     """Time to push nbytes through the node's uplink."""
     return nbytes * 8 / (node.uplink_mbps * 1e6)
-
-
-def link_time(sender: NodeSpec, rtt_s: float, nbytes: float) -> float:
-    """One hop: half a round trip plus serialisation on the sender's uplink."""
-    return rtt_s / 2 + transfer_time(sender, nbytes)
-
-
-def kv_request_bytes(model: ModelShape, tokens: int, layers: int) -> float:
-    return model.kv_bytes(tokens, layers)

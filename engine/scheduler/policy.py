@@ -110,7 +110,3 @@ def covers_all_layers(assignment: Assignment, num_layers: int) -> bool:
         for layer in range(start, end):
             covered[layer] = True
     return all(covered)
-
-
-def kv_fits(view: LoadView, hops: list[Hop], kv_tokens: int, model: ModelShape) -> bool:
-    return all(view.kv_free[h.node] >= model.kv_bytes(kv_tokens, h.end - h.start) for h in hops)
