@@ -54,7 +54,8 @@ class PotluckPolicy(Policy):
         # and the seconds of prompt work not yet done, worked off at one second per second. Routing
         # reads it for overflow nodes only, whose prompts outlast the fading memory above (a Mac
         # needs 1-2 s per stage for a mean prompt); on the planned pipelines' fast cards the fading
-        # memory steers better, since they interleave prompts with decode steps (README, Scheduler)
+        # memory steers better, since they interleave prompts with decode steps
+        # (docs/scheduler-experiments.md, "how routing counts the prompts queued at a node")
         self._prompt_work = np.zeros(0)
 
     # phase 1 -----------------------------------------------------------------------------
