@@ -1,10 +1,11 @@
 """Potluck's own policy: KV-aware pipeline allocation + load-aware stitching routes.
 
 Nodes too slow to join the planned pipelines form overflow pipelines of their own, which take
-requests only while the planned ones have no cache room, and no more than they were planned for. Joins and leaves are incremental: a
-newcomer takes the thinnest layers without moving anyone; a leaver's layers are taken over by spare
-nodes only when no one else covers them. A global re-plan happens only when its predicted gain over
-the next minutes beats the tokens lost while moved nodes reload their weights.
+requests only while the planned ones have no cache room, and no more than they were planned for.
+Joins and leaves are incremental: a newcomer takes the thinnest layers without moving anyone; a
+leaver's layers are taken over by spare nodes only when no one else covers them. A global re-plan
+happens only when its predicted gain over the next minutes beats the tokens lost while moved nodes
+reload their weights.
 """
 
 from __future__ import annotations
