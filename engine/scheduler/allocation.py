@@ -36,7 +36,8 @@ STITCHER_SLOWDOWN = 1.0  # a spare node slower per layer (hop included) than the
 # objective: when the planned pipelines are full, a slower answer beats waiting for one, and the
 # objective is a median the planned pipelines keep. At 1.5x the volunteer swarm's 200 Apple M1/M2
 # Pros (8 chained stages, ~1 s per token) stayed on standby; at 2x they serve and the swarm passes
-# the SLO at 230 requests/s instead of failing at 215 (README, Scheduler)
+# the SLO at 230 requests/s instead of failing at 215 (docs/scheduler-experiments.md, "adopted:
+# overflow pipelines")
 OVERFLOW_TPOT_SHARE = 2.0
 # pipelines are planned for prompts up to this multiple of the mean; the router keeps longer prompts
 # off chains too slow for them (potluck.PREFILL_HOP_SHARE, TTFT_ROUTE_SHARE)
