@@ -123,3 +123,23 @@ def test_potluck_routes_through_a_slow_hop_when_it_is_the_only_way():
     policy.allocate(nodes)
     hops = policy.route(RouteRequest(1, 900, 1000), nodes, assignment, idle_view(nodes, assignment, context().model))
     assert [h.node for h in hops] == [0, 1]
+
+
+def test_potluck_rides_a_busy_fast_pipeline_until_it_holds_a_share_of_its_cache():
+    # two replicas in one region: 0-1 reads its weights at twice the speed of 2-3. A batching node
+    # streaming a few sessions is busy most of the time, yet one more request rides its steps almost
+    # for free; once the node has reserved a share of its cache the busy fraction means queueing
+    nodes = {0: node(0, 8, bandwidth_gbs=1000), 1: node(1, 8, bandwidth_gbs=1000),
+             2: node(2, 8, bandwidth_gbs=500), 3: node(3, 8, bandwidth_gbs=500)}
+    assignment = {0: (0, 8), 1: (8, 16), 2: (0, 8), 3: (8, 16)}
+    policy = make_policy("potluck", context())
+    policy.allocate(nodes)
+    view = idle_view(nodes, assignment, context().model)
+    request = RouteRequest(1, 100, 200)
+    assert [h.node for h in policy.route(request, nodes, assignment, view)] == [0, 1]
+    view.utilization[0] = view.utilization[1] = 0.95
+    view.resident[0] = view.resident[1] = 4
+    assert [h.node for h in policy.route(request, nodes, assignment, view)] == [0, 1]
+    view.kv_free[0] *= 0.5
+    view.kv_free[1] *= 0.5
+    assert [h.node for h in policy.route(request, nodes, assignment, view)] == [2, 3]

@@ -24,6 +24,13 @@ RELOAD_GBS = 2.0  # weight loading speed assumed when pricing a re-plan
 MAX_REPLAN_MOVES = 0.25  # a global re-plan may move at most this share of the serving nodes
 MAX_UTILIZATION = 0.97
 PREFILL_HOP_SHARE = 0.1  # a hop whose prefill takes more of the TTFT objective is a last resort
+# a node's busy fraction weighs in routing only once this share of its cache is reserved. Below it the
+# node is busy with small decode steps that one more request rides almost for free: on the volunteer
+# swarm at its own 4 requests/s the busy fraction sent most requests past the A6000 pipelines (4-6
+# stages) to 3090 chains of 7-9 (TPOT p50 0.277 s; 0.261 s with this). Near capacity, where it keeps
+# prompts off prompt-saturated nodes (the heterogeneous swarm's EU A100s), those hold much of their
+# cache (docs/scheduler-experiments.md, "the busy fraction at low load")
+BUSY_FROM_RESERVED = 0.1
 PROMPT_LOAD_DECAY_S = 2.0  # how long a routed prompt is assumed to keep a node busy
 TTFT_ROUTE_SHARE = 0.3  # share of the TTFT objective a chain's bare prefill may take before it is re-planned
 # a node with more queued prompt work than this share of the TTFT objective takes no new prompt
@@ -260,6 +267,8 @@ class PotluckPolicy(Policy):
         # them (plus this one) approaches the token-time target is saturated, whatever it did lately
         full = resident + 1.0
         step_all = layers * np.maximum((W + full * context * k) / self._bw, full * F / self._flops) + STEP_OVERHEAD_S
+        reserved = 1.0 - kv_free / np.maximum(self._kv_cap, 1.0)
+        util = np.where(reserved > BUSY_FROM_RESERVED, util, 0.0)
         load = np.maximum(util, step_all / self._token_time_target)
         slowdown = 1.0 / (1.0 - np.minimum(load, MAX_UTILIZATION))  # queueing: waits grow as 1/(1-u)
         outputs = max(1.0, request.kv_tokens - request.prompt_tokens)
