@@ -27,7 +27,7 @@ PREFILL_HOP_SHARE = 0.1  # a hop whose prefill takes more of the TTFT objective 
 # a node's busy fraction weighs in routing only once this share of its cache is reserved. Below it the
 # node is busy with small decode steps that one more request rides almost for free: on the volunteer
 # swarm at its own 4 requests/s the busy fraction sent most requests past the A6000 pipelines (4-6
-# stages) to 3090 chains of 7-9 (TPOT p50 0.277 s; 0.261 s with this). Near capacity, where it keeps
+# stages) to 3090 chains of 7-9 (TPOT p50 0.277 s; 0.260 s with this). Near capacity, where it keeps
 # prompts off prompt-saturated nodes (the heterogeneous swarm's EU A100s), those hold much of their
 # cache (docs/scheduler-experiments.md, "the busy fraction at low load")
 BUSY_FROM_RESERVED = 0.1
