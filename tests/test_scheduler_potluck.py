@@ -362,3 +362,23 @@ def test_spare_cards_that_hold_the_model_together_form_a_pipeline_before_stitchi
     stitched = allocate(list(cfg.initial_nodes), ctx)
     assert {n.id for n in cfg.initial_nodes if n.tflops == 35} <= set(stitched.stitchers)
     assert meets_slo(with_overflow, cfg.slo) and not meets_slo(simulate(cfg, "potluck"), cfg.slo)
+
+
+def test_a_lost_hop_is_taken_over_by_the_least_loaded_sibling_in_its_region():
+    """Two pipelines in region a and one in b hold the same three spans: a hop lost from a chain
+    in a goes to the other pipeline of a that serves its layers, with room and the fewest sessions."""
+    nodes = {i: node(i, 6, region="a" if i < 6 else "b") for i in range(9)}
+    policy = PotluckPolicy(context())
+    assignment = policy.allocate(nodes)
+    view = idle_view(nodes, assignment, policy.ctx.model)
+    chain = policy.route(RouteRequest(0, prompt_tokens=128, kv_tokens=160), nodes, assignment, view)
+    assert {nodes[h.node].region for h in chain} == {"a"}
+    for k, lost in enumerate(chain):
+        patch = policy.replacement(chain, k, 160, nodes, assignment, view)
+        assert len(patch) == 1 and (patch[0].start, patch[0].end) == (lost.start, lost.end)
+        sibling = patch[0].node
+        assert nodes[sibling].region == "a" and sibling not in {h.node for h in chain}
+        view.resident[sibling] = 3  # busier than the pipeline in b, which is still the wrong region
+        assert policy.replacement(chain, k, 160, nodes, assignment, view) == patch
+        view.kv_free[sibling] = 0.0  # no room: nobody in a can take the hop
+        assert policy.replacement(chain, k, 160, nodes, assignment, view) is None

@@ -8,7 +8,8 @@ import pytest
 
 import engine.scheduler.simulator as simulator_module
 from engine.scheduler.capacity import arrival_draws, find_capacity
-from engine.scheduler.policy import POLICY_NAMES
+from engine.scheduler.policy import POLICY_NAMES, SwarmContext
+from engine.scheduler.potluck import PotluckPolicy
 from engine.scheduler.scenario import parse_scenario
 from engine.scheduler.simulator import meets_slo, percentile, simulate
 from tests.scheduler_fixtures import SCENARIO_TOML
@@ -24,7 +25,8 @@ def tiny(**overrides):
 
 def fingerprint(result):
     return (result.completed, result.failed, result.unfinished, round(result.output_tok_s, 9),
-            tuple(round(x, 9) for x in result.ttft_s), tuple(round(x, 9) for x in result.tpot_s), result.events)
+            tuple(round(x, 9) for x in result.ttft_s), tuple(round(x, 9) for x in result.tpot_s), result.events,
+            result.reroutes, result.replays)
 
 
 @pytest.mark.parametrize("policy", POLICY_NAMES)
@@ -64,6 +66,23 @@ def test_potluck_reroutes_mid_answer():
     scenario = tiny()
     r = simulate(scenario.sim_config(), "potluck")
     assert r.completed > 0 and r.failed == 0
+
+
+def test_a_lost_hop_is_replayed_on_a_sibling_and_the_rest_of_the_chain_kept(monkeypatch):
+    # six like nodes form sibling pipelines; one leaves mid-answer at t=25 s. Potluck's requests on it
+    # keep their other hops and replay only the lost one on a sibling that holds the same layers
+    same = dict(memory_gb=6, tflops=50, bandwidth_gbs=500, region="eu", uplink_mbps=1000)
+    scenario = tiny(nodes=[dict(count=5, **same), dict(count=1, leave_at_s=25, **same)],
+                    regions={"rtt_ms": {"eu-eu": 2}})
+    cfg = scenario.sim_config()
+    sim = simulator_module.Simulator(cfg, PotluckPolicy(SwarmContext(cfg.model, cfg.rtt, cfg.workload, cfg.slo)))
+    r = sim.run()
+    assert r.replays >= 1 and r.reroutes == 0 and r.failed == 0
+    replayed = [q for q in sim.requests if q.replays]
+    assert replayed and all(q.done_t is not None and q.generated == q.output for q in replayed)
+    monkeypatch.setattr(PotluckPolicy, "replays_from", None)  # the same leave without replays
+    r = simulate(cfg, "potluck")
+    assert r.replays == 0 and r.reroutes >= 1 and r.failed == 0
 
 
 def test_churn_scenario_keeps_the_swarm_populated():

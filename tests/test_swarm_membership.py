@@ -81,3 +81,20 @@ def test_the_prompt_queue_nodes_report_reaches_the_router_bounded(scheduler):
         request, nodes, current, view)
     scheduler.route(10, 100)
     assert list(views[0].prompt_queue_s) == [2.5, 0.0, 3600.0]
+
+
+def test_a_lost_hop_is_taken_over_by_a_ready_node_serving_its_layers(scheduler):
+    for i in range(4):  # two of them hold the first layers
+        scheduler.join(f"p{i}", True, 1.0e6, PROFILE)
+    report_ready(scheduler)
+    route = scheduler.route(10, 100)
+    spans = sorted(scheduler.assignment.values())
+    doubled = next(k for k, h in enumerate(route) if spans.count((h.start, h.end)) == 2)
+    hop = scheduler.replacement(route, doubled, 100)
+    assert (hop.start, hop.end) == (route[doubled].start, route[doubled].end)
+    assert hop.peer_id not in {h.peer_id for h in route}
+    with pytest.raises(NoRoute, match="No ready node with room serves layers"):
+        scheduler.replacement(route, doubled, 100, avoid={hop.peer_id})
+    single = next(k for k, h in enumerate(route) if spans.count((h.start, h.end)) == 1)
+    with pytest.raises(NoRoute):
+        scheduler.replacement(route, single, 100)

@@ -1,6 +1,7 @@
 """The push ring over real Lattica on loopback, in one process: a request through three peers
 gives exactly the tokens of the local pipeline, concurrent requests batch, and a peer that
-vanishes mid-answer is routed around without changing the answer."""
+vanishes mid-answer is routed around without changing the answer: by replaying only its hop on a
+peer that serves the same layers, or, without one, by re-routing the whole request."""
 
 import socket
 import threading
@@ -30,18 +31,23 @@ def free_port():
 class Swarm:
     """Peers in this process; routes are chosen by a stand-in for the scheduler."""
 
-    def __init__(self, tmp_path, checkpoint, ranges, **origin_options):
+    def __init__(self, tmp_path, checkpoint, ranges, client=False, replay=False, **origin_options):
+        """ranges: one peer each (None: a client that serves nothing); replay: the stand-in also
+        names replacements for a lost hop, as the host's scheduler does."""
         self.serving: dict[str, tuple[int, int]] = {}
         self.peers = []
+        if replay:
+            origin_options["replacement_for"] = self.replacement_for
         boot = None
-        for i, (start, end) in enumerate(ranges):
+        for i, span in enumerate(ranges):
             def factory(on_message, i=i, boot=boot):
                 return Transport(tmp_path / f"p{i}", ("127.0.0.1", free_port()), "pipeline-test", on_message,
                                  bootstrap=[boot] if boot else None)
             peer = Peer(factory, self.route_for, **origin_options)
-            # 4-token chunks: prompts go from stage to stage in parts, over real Lattica
-            peer.serve(TorchShardRunner(checkpoint, start, end, "cpu", "float32"), prefill_chunk_tokens=4)
-            self.serving[peer.peer_id] = (start, end)
+            if span is not None:
+                # 4-token chunks: prompts go from stage to stage in parts, over real Lattica
+                peer.serve(TorchShardRunner(checkpoint, *span, "cpu", "float32"), prefill_chunk_tokens=4)
+                self.serving[peer.peer_id] = span
             self.peers.append(peer)
             boot = boot or peer.transport.multiaddr
 
@@ -54,6 +60,14 @@ class Swarm:
         if layer != 8:
             raise RouteUnavailable("no live chain covers every layer")
         return route
+
+    def replacement_for(self, route, lost, kv_tokens, avoid):
+        want = route[lost]
+        on_route = {h.peer_id for h in route}
+        for peer_id, (start, end) in self.serving.items():
+            if peer_id not in avoid and peer_id not in on_route and start <= want.start and want.end <= end:
+                return Hop(peer_id, want.start, want.end)
+        raise RouteUnavailable("no peer serves those layers")
 
     def close(self):
         for peer in self.peers:
@@ -114,5 +128,47 @@ def test_a_peer_vanishing_mid_answer_is_routed_around(tmp_path, checkpoint, refe
         tokens += list(stream)
         assert tokens == reference[0]
         assert swarm.peers[0].origin.recoveries == 1
+    finally:
+        swarm.close()
+
+
+def served(peer):
+    return peer.stage.served_tokens
+
+
+@pytest.mark.parametrize("lost", [1, 2])
+def test_a_peer_vanishing_mid_answer_costs_only_its_hop(tmp_path, checkpoint, reference, lost):
+    # a spare serves the doomed peer's layers; the stage before the lost hop resends the hidden states
+    # it kept, and no other stage prefills anything again
+    swarm = Swarm(tmp_path, checkpoint, SPLIT + [SPLIT[lost]], replay=True)
+    try:
+        first, doomed, spare = swarm.peers[0], swarm.peers[lost], swarm.peers[3]
+        origin = first.origin
+        stream = origin.generate(PROMPTS[0], SamplingParams(max_tokens=30))
+        tokens = [next(stream) for _ in range(5)]
+        doomed.close()
+        tokens += list(stream)
+        assert tokens == reference[0]
+        assert origin.replays == 1 and origin.recoveries == 1
+        # the first stage ran the prompt once and one decode step per token but the last
+        assert served(first) == len(PROMPTS[0]) + 29
+        # the spare prefilled the history it took over: at least the prompt and the first tokens
+        assert served(spare) >= len(PROMPTS[0]) + 5
+        assert all(not peer.stage.requests for peer in swarm.peers if peer is not doomed)  # all released
+    finally:
+        swarm.close()
+
+
+def test_the_first_peer_vanishing_is_replayed_from_the_origins_tokens(tmp_path, checkpoint, reference):
+    swarm = Swarm(tmp_path, checkpoint, SPLIT + [SPLIT[0], None], replay=True)
+    try:
+        doomed, last, client = swarm.peers[0], swarm.peers[2], swarm.peers[4]
+        stream = client.origin.generate(PROMPTS[1], SamplingParams(max_tokens=30))
+        tokens = [next(stream) for _ in range(5)]
+        doomed.close()
+        tokens += list(stream)
+        assert tokens == reference[1]
+        assert client.origin.replays == 1
+        assert served(last) == len(PROMPTS[1]) + 29  # the last stage's cache was kept
     finally:
         swarm.close()

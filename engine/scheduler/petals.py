@@ -5,8 +5,10 @@ places them where the swarm's per-block throughput is lowest (the window whose s
 throughputs are lexicographically smallest), one server at a time in join order. A server's
 throughput is min(network rps, compute rps / ((blocks + 1) / 2)). Periodically a server moves
 if that raises the swarm's minimum throughput by more than 1 / 0.75. Clients route with
-Dijkstra over (server, block): RTT/2 + per-block time, +10 s for servers short of cache, and
-re-route (replaying history) when a server dies.
+Dijkstra over (server, block): RTT/2 + per-block time, +10 s for servers short of cache. When a
+server dies the client, which relays every hop and keeps what it sent to each server, replays that
+server's inputs to the cheapest servers for its blocks; when none has room it re-routes the whole
+request (replaying its history).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 
 from .perf import layer_decode_time
 from .policy import Assignment, Hop, LoadView, Policy, RouteRequest
-from .routing import cheapest_per_group, cheapest_ring
+from .routing import cheapest_chain, cheapest_per_group, cheapest_ring
 from .topology import NodeSpec
 
 CACHE_TOKENS = 4096
@@ -33,6 +35,7 @@ def best_start(throughputs: np.ndarray, length: int) -> int:
 class PetalsPolicy(Policy):
     name = "petals"
     reroutes_on_failure = True
+    replays_from = "client"
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -112,6 +115,25 @@ class PetalsPolicy(Policy):
                 throughputs = trial
                 moved = True
         return assignment if moved else None
+
+    def replacement(self, chain: list[Hop], lost: int, kv_tokens: int, nodes: dict[int, NodeSpec],
+                    current: Assignment, view: LoadView) -> list[Hop] | None:
+        """The client's replacement for a dead server: the cheapest servers for its blocks."""
+        hop = chain[lost]
+        on_chain = {h.node for h in chain}
+        spans, per_layer = [], []
+        for n, (s, e) in current.items():
+            if n in on_chain or n not in nodes or not view.ready[n] or e <= hop.start or s >= hop.end:
+                continue
+            a, b = max(s, hop.start), min(e, hop.end)
+            if view.kv_free[n] < self.ctx.model.kv_bytes(kv_tokens, b - a):
+                continue
+            spans.append((n, a - hop.start, b - hop.start, self._region_index[nodes[n].region]))
+            per_layer.append(1.0 / self.block_rps(nodes[n]))
+        found = spans and cheapest_chain(hop.end - hop.start, spans, per_layer, [0.0] * len(spans), self._half_rtt)
+        if not found:
+            return None
+        return [Hop(n, a + hop.start, b + hop.start) for n, a, b in found[0]]
 
     def route(self, request: RouteRequest, nodes: dict[int, NodeSpec], current: Assignment,
               view: LoadView) -> list[Hop] | None:

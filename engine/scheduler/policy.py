@@ -61,6 +61,11 @@ class LoadView:
 class Policy:
     name = ""
     reroutes_on_failure = False
+    # where the history's hidden states come from when a chain that lost a node replays only that
+    # node's hop (see replacement): "stage", the stage before the lost one, which keeps what it sent
+    # (engine/swarm/stage.py); "client", a client that relays every hop itself (Petals); None: the
+    # request is re-routed whole and prefills its history again
+    replays_from: str | None = None
 
     def __init__(self, ctx: SwarmContext):
         self.ctx = ctx
@@ -85,6 +90,13 @@ class Policy:
               view: LoadView) -> list[Hop] | None:
         """A contiguous chain covering layers 0..L, or None to make the request wait."""
         raise NotImplementedError
+
+    def replacement(self, chain: list[Hop], lost: int, kv_tokens: int, nodes: dict[int, NodeSpec],
+                    current: Assignment, view: LoadView) -> list[Hop] | None:
+        """Hops that take over chain[lost]'s layers (exactly those) after its node has gone, so the
+        rest of the chain keeps its cache and only that hop prefills the history again; None: re-route
+        the whole request. Only asked when replays_from is set."""
+        return None
 
 
 POLICY_NAMES = ("potluck", "petals", "exo", "parallax")

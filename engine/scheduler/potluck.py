@@ -43,6 +43,7 @@ PROMPT_QUEUE_SHARE = 0.2
 class PotluckPolicy(Policy):
     name = "potluck"
     reroutes_on_failure = True
+    replays_from = "stage"
 
     def __init__(self, ctx: SwarmContext):
         super().__init__(ctx)
@@ -54,6 +55,7 @@ class PotluckPolicy(Policy):
         self._within_region = [[x / 2 if i == j else np.inf for j, x in enumerate(row)] for i, row in enumerate(rtt)]
         self._region_index = {r: i for i, r in enumerate(self._regions)}
         self._spans_key = None
+        self._session_cap_of: dict[int, float] = {}
         self._spans: list[tuple[int, int, int, int]] = []
         self._token_time_target = ctx.slo.tpot_p50_s
         # prompt tokens recently sent through each node (decaying): the prefill queue it has now
@@ -228,7 +230,31 @@ class PotluckPolicy(Policy):
         # prompt queue grew without bound and it held 95% of the late first tokens)
         planned_sessions = {n: p.concurrency for p in (self.plan.overflow if self.plan else []) for n, _, _ in p.stages}
         self._session_cap = np.array([planned_sessions.get(n, np.inf) for n in ids], dtype=float)
+        self._session_cap_of = planned_sessions
         self._kv_cap = np.array([nodes[n].memory_bytes - model.weight_bytes(s, e) for n, s, e, _ in rows])
+
+    def replacement(self, chain: list[Hop], lost: int, kv_tokens: int, nodes: dict[int, NodeSpec],
+                    current: Assignment, view: LoadView) -> list[Hop] | None:
+        """One node that holds all of the lost hop's layers, in the chain's region, ready, with cache
+        room (and, on an overflow pipeline, under its session cap): the one holding the fewest
+        sessions. Sibling pipelines hold the same spans, so one is usually at hand."""
+        if view.assignment_version != self._spans_key:
+            self._index_spans(nodes, current, view.assignment_version)
+        hop = chain[lost]
+        on_chain = {h.node for h in chain}
+        region = next((nodes[h.node].region for h in chain if h.node in nodes), None)
+        need = self.ctx.model.kv_bytes(kv_tokens, hop.end - hop.start)
+        best, best_key = None, None
+        for n, (s, e) in current.items():
+            if (n in on_chain or n not in nodes or not view.ready[n] or s > hop.start or e < hop.end
+                    or view.kv_free[n] < need or view.resident[n] >= self._session_cap_of.get(n, np.inf)):
+                continue
+            if region is not None and nodes[n].region != region:
+                continue
+            key = (view.resident[n], -view.kv_free[n], n)
+            if best_key is None or key < best_key:
+                best, best_key = n, key
+        return None if best is None else [Hop(best, hop.start, hop.end)]
 
     def route(self, request: RouteRequest, nodes: dict[int, NodeSpec], current: Assignment,
               view: LoadView) -> list[Hop] | None:

@@ -71,7 +71,7 @@ class SimConfig:
 
 class Request:
     __slots__ = ("id", "arrival", "prompt", "output", "generated", "hops", "epoch", "first_t", "last_t",
-                 "done_t", "failed", "holds", "prefill", "measured", "reroutes")
+                 "done_t", "failed", "holds", "prefill", "measured", "reroutes", "replays", "replay_end")
 
     def __init__(self, rid: int, arrival: float, prompt: int, output: int, measured: bool):
         self.id, self.arrival, self.prompt, self.output = rid, arrival, prompt, output
@@ -84,11 +84,13 @@ class Request:
         self.prefill = prompt
         self.measured = measured
         self.reroutes = 0
+        self.replays = 0
+        self.replay_end = -1  # while a lost hop's replacement replays the history: the hop after it
 
 
 class Node:
     __slots__ = ("spec", "alive", "span", "kv_cap", "queue", "busy", "uplink_free", "bulk_free", "requests",
-                 "load_token", "region", "chunk", "step_s")
+                 "load_token", "region", "chunk", "step_s", "replay_free")
 
     def __init__(self, spec: NodeSpec, region: int, chunk: int):
         self.spec = spec
@@ -101,6 +103,7 @@ class Node:
         self.busy = False
         self.uplink_free = 0.0  # decode messages queue here, ahead of ...
         self.bulk_free = 0.0  # ... prompts' hidden states, which their bytes push back (one uplink)
+        self.replay_free = 0.0  # ... and replayed histories, which both push back (see replay)
         self.requests: dict[int, Request] = {}  # by id: insertion order keeps runs reproducible
         self.load_token = 0
         self.step_s = 0.0  # moving average of its steps' time, as a live stage keeps (step_ms)
@@ -121,6 +124,7 @@ class SimResult:
     events: int
     wall_s: float
     usage: list[dict] = field(default_factory=list)  # per hardware group over the window, see Simulator.usage
+    replays: int = 0  # lost hops replayed (the rest of the chain kept), see Simulator.replay
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -269,6 +273,7 @@ class Simulator:
     def break_request(self, req: Request) -> None:
         """A node on the request's chain is gone or reloading."""
         self.release(req)
+        req.replay_end = -1
         if self.policy.reroutes_on_failure:
             req.prefill = req.prompt + req.generated
             req.reroutes += 1
@@ -404,10 +409,17 @@ class Simulator:
             if done >= 0:
                 if done < tok:
                     node.queue.insert(0, (req, epoch, h, tok, done))  # the rest of the prompt, before newer work
-                if h + 1 < len(hops):  # this chunk goes on now
+                if h + 1 == req.replay_end:  # a replacement has replayed the history: only its last
+                    if done < tok:           # position goes on, as the decode step the chain lost
+                        continue
+                    req.replay_end = -1
+                    if h + 1 < len(hops):
+                        groups.setdefault(hops[h + 1].node, []).append((req, epoch, h + 1, 1, -1))
+                        continue
+                elif h + 1 < len(hops):  # this chunk goes on now
                     groups.setdefault(hops[h + 1].node, []).append((req, epoch, h + 1, done, began))
                     continue
-                if done < req.prefill:
+                elif done < req.prefill:
                     continue  # the first token comes with the prompt's last chunk
             elif h + 1 < len(hops):
                 groups.setdefault(hops[h + 1].node, []).append((req, epoch, h + 1, tok, -1))
@@ -438,8 +450,11 @@ class Simulator:
             prompts = [item for item in batch if item[4] >= 0]
             tokens = [item for item in batch if item[4] < 0] if prompts else batch
             for item in prompts:
-                t = max(now, node.bulk_free) + (item[3] - item[4]) * hidden / uplink
+                send = (item[3] - item[4]) * hidden / uplink
+                t = max(now, node.bulk_free) + send
                 node.bulk_free = t
+                if node.replay_free > now:
+                    node.replay_free += send
                 self.push(t + latency, DELIVER, dest, [item])
             if not tokens:
                 continue
@@ -453,10 +468,68 @@ class Simulator:
                 self.push(t + latency, DELIVER, dest, part)
             node.uplink_free = t
             node.bulk_free = max(node.bulk_free, now) + per_item * len(tokens)
+            if node.replay_free > now:
+                node.replay_free += per_item * len(tokens)
         if node.queue:
             self.start_step(node)
         if finished_any and self.pending:
             self.admit_pending()
+
+    def replay(self, req: Request, lost: Node) -> bool:
+        """Keep the request's chain but the lost node: the policy's replacement hops prefill the
+        history from the hidden states at the lost hop's first layer, resent by the stage before
+        it (which keeps what it sent) or by a client that relays every hop, and the decode step
+        the chain lost goes on from there. Requests still prefilling their prompt are re-routed."""
+        source = self.policy.replays_from
+        if source is None or req.first_t is None or req.replay_end >= 0:
+            return False
+        hops = req.hops
+        k = next(i for i, h in enumerate(hops) if h.node == lost.spec.id)
+        prev = self.nodes[hops[k - 1].node] if k > 0 and source == "stage" else None
+        if prev is not None and not prev.alive:
+            return False
+        self.view.now = self.now
+        kv_tokens = req.prompt + req.output
+        patch = self.policy.replacement(hops, k, kv_tokens, self.specs, self.assignment, self.view)
+        if not patch:
+            return False
+        kvb = self.model.kv_bytes_per_token_layer * kv_tokens
+        on_chain = {h.node for h in hops}
+        boundary = hops[k].start
+        for h in patch:
+            span = self.assignment.get(h.node)
+            if (h.node in on_chain or h.start != boundary or h.end <= h.start or span is None
+                    or not span[0] <= h.start or h.end > span[1] or not self.view.ready[h.node]
+                    or self.view.kv_free[h.node] < kvb * (h.end - h.start)):
+                raise PolicyError(f"{self.policy.name}: invalid replacement {patch} for {hops[k]}")
+            boundary = h.end
+        if boundary != hops[k].end:
+            raise PolicyError(f"{self.policy.name}: replacement {patch} does not cover {hops[k]}")
+        req.replays += 1
+        lost.requests.pop(req.id, None)
+        req.holds = [(n, need) for n, need in req.holds if n != lost.spec.id]
+        for h in patch:
+            need = kvb * (h.end - h.start)
+            self.view.kv_free[h.node] -= need
+            self.view.resident[h.node] += 1
+            self.nodes[h.node].requests[req.id] = req
+            req.holds.append((h.node, need))
+        req.epoch += 1  # whatever was in flight on the chain is lost with the node
+        req.hops = hops[:k] + list(patch) + hops[k + 1:]
+        req.replay_end = k + len(patch)
+        item = [(req, req.epoch, k, req.prompt + req.generated, 0)]
+        dest = self.nodes[patch[0].node]
+        if prev is None:  # token ids from the origin, or a client's copy: no stage's uplink
+            self.deliver(dest, item)
+        else:
+            # the stage resends on its uplink after its decode messages and prompts, which push the
+            # resend back while it waits (the live stage sends it in parts between them)
+            hidden = self.model.hidden_size * self.model.dtype_bytes
+            send = (req.prompt + req.generated) * hidden / (prev.spec.uplink_mbps * 1e6 / 8)
+            t = max(self.now, prev.bulk_free, prev.replay_free) + send
+            prev.replay_free = t
+            self.push(t + self.half_rtt[prev.region][dest.region], DELIVER, dest, item)
+        return True
 
     def node_leaves(self, spec: NodeSpec) -> None:
         node = self.nodes.get(spec.id)
@@ -469,7 +542,8 @@ class Simulator:
         self.view.kv_free[spec.id] = 0.0
         del self.specs[spec.id]
         for req in list(node.requests.values()):
-            self.break_request(req)
+            if not self.replay(req, node):
+                self.break_request(req)
         new = self.policy.on_leave(spec.id, dict(self.specs), dict(self.assignment))
         self.assignment.pop(spec.id, None)
         self.apply_assignment(new)
@@ -570,7 +644,8 @@ class Simulator:
             completed=len(completed), failed=failed, unfinished=unfinished, measured=len(measured),
             output_tok_s=self.window_tokens / window, ttft_s=ttft, tpot_s=tpot,
             route_ms=[x * 1000 for x in self.route_s], alloc_ms=alloc_ms,
-            reroutes=sum(r.reroutes for r in measured), events=self.events, wall_s=wall_s, usage=self.usage())
+            reroutes=sum(r.reroutes for r in measured), events=self.events, wall_s=wall_s, usage=self.usage(),
+            replays=sum(r.replays for r in measured))
 
     def usage(self) -> list[dict]:
         """Where the time goes, per hardware group over the measured window: the share of time busy

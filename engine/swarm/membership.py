@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from engine.scheduler.model import ModelShape
+from engine.scheduler.policy import Hop as SchedulerHop
 from engine.scheduler.policy import LoadView, RouteRequest, SwarmContext, covers_all_layers, make_policy
 from engine.scheduler.topology import NodeSpec, RttTable
 from engine.scheduler.workload import Slo, Workload
@@ -130,24 +131,41 @@ class SwarmScheduler:
 
     # ---- routing ----
 
+    def _view(self, avoid: set[str]) -> LoadView:
+        """The members' last reported load, with those in avoid not ready (call under the lock)."""
+        ready = [False] * self._next_index
+        kv_free = [0.0] * self._next_index
+        resident = [0] * self._next_index
+        utilization = [0.0] * self._next_index
+        prompt_queue_s = [0.0] * self._next_index
+        for m in self.members.values():
+            assigned = self.assignment.get(m.index)
+            ready[m.index] = m.peer_id not in avoid and assigned is not None and m.ready_range == assigned
+            kv_free[m.index] = m.kv_free_bytes
+            resident[m.index] = m.resident
+            utilization[m.index] = m.utilization
+            prompt_queue_s[m.index] = m.prompt_queue_s
+        return LoadView(now=time.monotonic(), ready=ready, kv_free=kv_free, resident=resident,
+                        busy_until=[0.0] * self._next_index, utilization=utilization,
+                        prompt_queue_s=prompt_queue_s, assignment_version=self.version)
+
+    def replacement(self, route: list[Hop], lost: int, kv_tokens: int, avoid: set[str] = frozenset()) -> Hop:
+        """A ready node to take over route[lost] (the same layers) with cache room for the request."""
+        with self._lock:
+            index = {m.peer_id: m.index for m in self.members.values()}
+            by_index = {m.index: m for m in self.members.values()}
+            view = self._view(set(avoid) | {h.peer_id for h in route})
+            chain = [SchedulerHop(index.get(h.peer_id, -1), h.start, h.end) for h in route]
+            hops = self.policy.replacement(chain, lost, kv_tokens, self._servers(), self.assignment, view)
+            if not hops or len(hops) != 1:
+                lost_hop = route[lost]
+                raise NoRoute(f"No ready node with room serves layers {lost_hop.start}-{lost_hop.end - 1} now.")
+            return Hop(by_index[hops[0].node].peer_id, hops[0].start, hops[0].end)
+
     def route(self, prompt_tokens: int, kv_tokens: int, avoid: set[str] = frozenset()) -> list[Hop]:
         with self._lock:
             by_index = {m.index: m for m in self.members.values()}
-            ready = [False] * self._next_index
-            kv_free = [0.0] * self._next_index
-            resident = [0] * self._next_index
-            utilization = [0.0] * self._next_index
-            prompt_queue_s = [0.0] * self._next_index
-            for m in by_index.values():
-                assigned = self.assignment.get(m.index)
-                ready[m.index] = m.peer_id not in avoid and assigned is not None and m.ready_range == assigned
-                kv_free[m.index] = m.kv_free_bytes
-                resident[m.index] = m.resident
-                utilization[m.index] = m.utilization
-                prompt_queue_s[m.index] = m.prompt_queue_s
-            view = LoadView(now=time.monotonic(), ready=ready, kv_free=kv_free, resident=resident,
-                            busy_until=[0.0] * self._next_index, utilization=utilization,
-                            prompt_queue_s=prompt_queue_s, assignment_version=self.version)
+            view = self._view(avoid)
             if not covers_all_layers(self.assignment, self.shape.num_layers):
                 raise NoRoute(self.too_small_message())
             hops = self.policy.route(RouteRequest(0, prompt_tokens, kv_tokens), self._servers(),

@@ -27,7 +27,7 @@ from engine.scheduler.perf import prefill_chunk_tokens
 from engine.swarm.membership import NoRoute, SwarmScheduler
 from engine.swarm.origin import RouteUnavailable
 from engine.swarm.peer import Peer
-from engine.swarm.protocol import Hop, max_frame_bytes
+from engine.swarm.protocol import Hop, max_frame_bytes, parse_route
 from engine.swarm.transport import PeerError, Transport
 from engine.swarm.wire import Message, WireError
 
@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 SWARM_PROTOCOL = "main"
 LOAD_RETRY_S = 30.0  # after a failed shard load (disk full, download error)
 
-MEMBER_ONLY = {"stage.forward", "stage.token", "stage.error", "stage.release", "sched.heartbeat", "sched.leave",
-               "sched.route", "sched.swarm"}
+MEMBER_ONLY = {"stage.forward", "stage.token", "stage.error", "stage.release", "stage.repair", "sched.heartbeat",
+               "sched.leave", "sched.route", "sched.swarm"}
 
 
 @dataclass
@@ -84,7 +84,8 @@ class Node:
         self._failed_load, self._failed_at = None, 0.0
         self.host_peer = opts.join.rsplit("/p2p/", 1)[-1] if opts.join else None
 
-        self.peer = Peer(self._transport, self._route_for, token_timeout_s=opts.token_timeout_s)
+        self.peer = Peer(self._transport, self._route_for, token_timeout_s=opts.token_timeout_s,
+                         replacement_for=self._replacement_for)
         self.peer.handlers.update({"sched.join": self._on_join, "sched.heartbeat": self._on_heartbeat,
                                    "sched.leave": self._on_leave, "sched.route": self._on_route,
                                    "sched.swarm": self._on_swarm})
@@ -194,7 +195,15 @@ class Node:
         body = message.body
         avoid = {p for p in body["avoid"] if isinstance(p, str)}
         try:
-            route = self._scheduler().route(body["prompt_tokens"], body["kv_tokens"], avoid)
+            if "lost" in body:  # a node to take over one hop of a request's route
+                if "route" not in body:
+                    raise WireError("asking for a node to take over a hop needs the route")
+                route = parse_route(body["route"], self.spec)
+                if not 0 <= body["lost"] < len(route):
+                    raise WireError(f"lost must name a hop of the route (0 to {len(route) - 1})")
+                route = [self._scheduler().replacement(route, body["lost"], body["kv_tokens"], avoid)]
+            else:
+                route = self._scheduler().route(body["prompt_tokens"], body["kv_tokens"], avoid)
         except NoRoute as exc:
             raise WireError(str(exc)) from None
         return {"route": [[h.peer_id, h.start, h.end] for h in route]}
@@ -322,6 +331,17 @@ class Node:
         except PeerError as exc:
             raise RouteUnavailable(str(exc).split("refused sched.route: ")[-1]) from None
         return [Hop(p, s, e) for p, s, e in reply["route"]]
+
+    def _replacement_for(self, route: list[Hop], lost: int, kv_tokens: int, avoid: set[str]) -> Hop:
+        body = {"prompt_tokens": 0, "kv_tokens": min(kv_tokens, self.context), "avoid": sorted(avoid),
+                "route": [[h.peer_id, h.start, h.end] for h in route], "lost": lost}
+        try:
+            reply = self.peer.transport.send(self.host_peer, "sched.route", body, timeout=10)
+        except PeerError as exc:
+            raise RouteUnavailable(str(exc).split("refused sched.route: ")[-1]) from None
+        if len(reply["route"]) != 1:
+            raise RouteUnavailable("the scheduler named no single node for the lost hop")
+        return Hop(*reply["route"][0])
 
     def new_result(self):
         from engine.swarm.chat import ChatResult

@@ -4,6 +4,13 @@ The origin keeps the whole token history (prompt + generated ids). When a stage 
 (a `stage.error`, or no token within the step timeout), it finds which hops stopped answering,
 asks for a new route that avoids them, and prefills the history again under a fresh request id:
 the answer goes on where it stopped (DESIGN.md, where we mean to beat the others, point 1).
+
+Cheaper first, when the answer has begun and the stage before the lost hop still holds the request
+(it says so in its `stage.error`): the scheduler names a node that serves the lost hop's layers,
+every stage of the route learns the new route (`stage.repair`), and only that hop prefills the
+history again: from the hidden states the stage before it kept, or, for the first hop, from the
+token ids the origin keeps. The rest of the chain keeps its cache. Whatever does not fit that
+(a prompt still being prefilled, no such node, a second failure) falls back to the whole re-route.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from engine.sampling import SamplingParams
-from engine.swarm.protocol import Hop, sampling_body
+from engine.swarm.protocol import MAX_PREFILL_TOKENS, Hop, sampling_body
 from engine.swarm.transport import PeerError
 from engine.swarm.wire import Message
 
@@ -38,22 +45,28 @@ class Attempt:
     request_id: str
     route: list[Hop]
     events: "queue.Queue[Message]"
+    params: SamplingParams
 
 
 class Origin:
     """`route_for(prompt_tokens, kv_tokens, avoid) -> list[Hop]` asks the scheduler for a route whose
-    nodes have KV cache free for kv_tokens (raises RouteUnavailable)."""
+    nodes have KV cache free for kv_tokens (raises RouteUnavailable); `replacement_for(route, lost,
+    kv_tokens, avoid) -> Hop` for a node to take over route[lost] (raises RouteUnavailable; without
+    it every failure re-routes the whole request)."""
 
     def __init__(self, send, route_for: Callable[[int, int, set[str]], list[Hop]], peer_id: str,
                  first_token_timeout_s: float = 120.0, token_timeout_s: float = 30.0, max_attempts: int = 4,
-                 heal_timeout_s: float = 120.0, admit_timeout_s: float = 15.0):
+                 heal_timeout_s: float = 120.0, admit_timeout_s: float = 15.0,
+                 replacement_for: Callable[[list[Hop], int, int, set[str]], Hop] | None = None):
         self.send, self.route_for, self.peer_id = send, route_for, peer_id
+        self.replacement_for = replacement_for
         self.heal_timeout_s, self.admit_timeout_s = heal_timeout_s, admit_timeout_s
         self.first_token_timeout_s, self.token_timeout_s = first_token_timeout_s, token_timeout_s
         self.max_attempts = max_attempts
         self._inboxes: dict[str, queue.Queue] = {}
         self._lock = threading.Lock()
-        self.recoveries = 0
+        self.recoveries = 0  # failures survived, ...
+        self.replays = 0  # ... of which by replaying one hop
 
     def accept(self, message: Message) -> None:
         """stage.token / stage.error, on Lattica's thread: hand to the waiting request."""
@@ -66,6 +79,7 @@ class Origin:
         """Yield generated token ids. on_route(route) is told each route used (for /swarm, the UI)."""
         produced: list[int] = []
         avoid: set[str] = set()
+        replayed = 0
         for attempt_no in range(self.max_attempts):
             remaining = params.max_tokens - len(produced)
             if remaining <= 0:
@@ -76,14 +90,28 @@ class Origin:
             if on_route:
                 on_route(route)
             attempt = self._start(route, prompt + produced, replace(params, max_tokens=remaining))
+            got = 0  # tokens of this attempt
             try:
-                for token in self._stream(attempt, first=True):
-                    produced.append(token)
-                    yield token
-                return
+                while True:
+                    try:
+                        for token in self._stream(attempt, first=True, expected=got + 1):
+                            produced.append(token)
+                            got += 1
+                            yield token
+                        return
+                    except _StageFailed as failure:
+                        if replayed >= self.max_attempts or not self._replay_hop(
+                                attempt, failure, prompt + produced, got, len(prompt) + params.max_tokens):
+                            raise
+                        replayed += 1
+                        self.recoveries += 1
+                        self.replays += 1
+                        log.warning("request %s: %s; replayed one hop", attempt.request_id[:8], failure)
+                        if on_route:
+                            on_route(attempt.route)
             except _StageFailed as failure:
                 self.recoveries += 1
-                dead = self._unreachable(route) | ({failure.suspect} if failure.suspect else set())
+                dead = self._unreachable(attempt.route) | ({failure.suspect} if failure.suspect else set())
                 avoid |= dead  # none found: a hiccup; ask again without excluding anyone
                 log.warning("request %s: %s; re-routing around %s", attempt.request_id[:8], failure,
                             [p[-8:] for p in dead])
@@ -107,7 +135,7 @@ class Origin:
             pause = min(pause * 1.5, 2.0)
 
     def _start(self, route: list[Hop], tokens: list[int], params: SamplingParams) -> Attempt:
-        attempt = Attempt(uuid.uuid4().hex, route, queue.Queue())
+        attempt = Attempt(uuid.uuid4().hex, route, queue.Queue(), params)
         with self._lock:
             self._inboxes[attempt.request_id] = attempt.events
         body = {"request_id": attempt.request_id, "origin": self.peer_id, "kind": "prefill", "step": 0,
@@ -120,8 +148,51 @@ class Origin:
             raise _StageFailed(str(exc), route[0].peer_id) from None
         return attempt
 
-    def _stream(self, attempt: Attempt, first: bool) -> Iterator[int]:
-        expected = 1
+    def _replay_hop(self, attempt: Attempt, failure: "_StageFailed", history: list[int], got: int,
+                    kv_tokens: int) -> bool:
+        """Have a new node take over the failed hop; False when the whole request must be re-routed."""
+        route = attempt.route
+        peers = [h.peer_id for h in route]
+        if self.replacement_for is None or got == 0 or failure.suspect not in peers:
+            return False
+        lost = peers.index(failure.suspect)
+        # the stage before the lost hop (for the first hop: the last stage) must hold the whole history
+        # the origin has: a token still on its way here, or a step lost on the wire, and it does not
+        if failure.sender != peers[lost - 1]:
+            return False
+        if lost > 0 and failure.kept != len(history):
+            return False
+        if lost == 0 and (failure.step != got or len(history) > MAX_PREFILL_TOKENS):
+            return False
+        try:
+            hop = self.replacement_for(route, lost, kv_tokens, {failure.suspect})
+        except RouteUnavailable:
+            return False
+        if hop.peer_id in peers or (hop.start, hop.end) != (route[lost].start, route[lost].end):
+            return False
+        new = route[:lost] + [hop] + route[lost + 1:]
+        attempt.route = new  # from now on, _finish releases the newcomer too
+        body = {"request_id": attempt.request_id, "route": [[h.peer_id, h.start, h.end] for h in new],
+                "hop": lost, "step": got}
+        # the stage that replays hears last, once every other stage knows the newcomer
+        order = [k for k in range(len(new)) if k not in (lost, lost - 1)] + ([lost - 1] if lost else [])
+        try:
+            for k in order:
+                self.send(new[k].peer_id, "stage.repair", body, None)
+            if lost == 0:
+                self.send(hop.peer_id, "stage.forward", {
+                    "request_id": attempt.request_id, "origin": self.peer_id, "kind": "prefill", "step": got,
+                    "route": body["route"], "hop": 0, "tokens": history, "resume_step": got,
+                    "sampling": sampling_body(attempt.params)}, None)
+        except PeerError:
+            return False
+        try:
+            self.send(failure.suspect, "stage.release", {"request_id": attempt.request_id}, None, timeout=2.0)
+        except PeerError:
+            pass  # gone, as expected
+        return True
+
+    def _stream(self, attempt: Attempt, first: bool, expected: int = 1) -> Iterator[int]:
         while True:
             timeout = self.first_token_timeout_s if first else self.token_timeout_s
             try:
@@ -130,7 +201,8 @@ class Origin:
                 raise _StageFailed(f"no token for {timeout:.0f} s", None) from None
             first = False
             if event.type == "stage.error":
-                raise _StageFailed(event.body["error"], event.body.get("suspect"))
+                raise _StageFailed(event.body["error"], event.body.get("suspect"), event.sender,
+                                   event.body.get("kept"), event.body.get("step"))
             body = event.body
             if body["step"] < expected - (1 if body.get("finished") == "stop" else 0):
                 continue  # a late duplicate
@@ -161,6 +233,9 @@ class Origin:
 
 
 class _StageFailed(Exception):
-    def __init__(self, reason: str, suspect: str | None):
+    """kept / step: what the reporting stage holds (positions sent on; tokens sampled, on the last)."""
+
+    def __init__(self, reason: str, suspect: str | None, sender: str | None = None, kept: int | None = None,
+                 step: int | None = None):
         super().__init__(reason)
-        self.suspect = suspect
+        self.suspect, self.sender, self.kept, self.step = suspect, sender, kept, step

@@ -19,7 +19,7 @@ class Peer:
     def __init__(self, transport_factory: Callable[[Callable[[Message], dict | None]], Transport],
                  route_for: Callable[[int, int, set[str]], list[Hop]], **origin_options):
         self.handlers: dict[str, Callable[[Message], dict | None]] = {
-            "stage.forward": self._forward, "stage.release": self._release,
+            "stage.forward": self._forward, "stage.release": self._release, "stage.repair": self._repair,
             "stage.token": self._to_origin, "stage.error": self._to_origin, "ping": lambda m: None,
         }
         self.transport = transport_factory(self._dispatch)
@@ -53,6 +53,11 @@ class Peer:
         if self.stage is None:
             raise WireError("this node serves no layers right now")
         self.stage.accept(message)
+
+    def _repair(self, message: Message) -> None:
+        if self.stage is None:
+            raise WireError("this node serves no layers right now")
+        self.stage.repair(message)
 
     def _release(self, message: Message) -> None:
         if self.stage is not None:

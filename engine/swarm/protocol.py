@@ -7,6 +7,11 @@ the next, a prompt in parts as its chunks finish (`offset`: where the part start
 next stage starts on a long prompt while this one is still on its later chunks; the last stage
 samples, sends `stage.token` to the origin and `stage.forward` (decode, one token id) to the first
 stage. The origin ends a request with `stage.release` to every stage.
+When a stage cannot reach the next one mid-answer it keeps the request and says how many positions'
+hidden states it has sent (`stage.error`, `kept`); the origin may then have a node holding the same
+layers take over that one hop: `stage.repair` gives every stage of the route the new route, and the
+stage before the lost hop resends what it kept to the newcomer as a prompt (`resume_step`: the
+decode step the chain lost), which passes on only the last position's hidden state (origin.py).
 Nodes talk to the host's scheduler role with `sched.*`. Every message type of the swarm is declared
 here; the transport imports this module, so no node can lack one.
 """
@@ -24,9 +29,11 @@ MAX_PREFILL_TOKENS = 16384
 
 schema("stage.forward", request_id=(str, True), origin=(str, True), route=(list, True), hop=(int, True),
        kind=(str, True), step=(int, True), tokens=(list, False), sampling=(dict, False),
-       offset=(int, False), prompt_tokens=(int, False))
+       offset=(int, False), prompt_tokens=(int, False), resume_step=(int, False))
 schema("stage.token", request_id=(str, True), step=(int, True), token=(int, False), finished=(str, False))
-schema("stage.error", request_id=(str, True), error=(str, True), suspect=(str, False))
+schema("stage.error", request_id=(str, True), error=(str, True), suspect=(str, False), kept=(int, False),
+       step=(int, False))
+schema("stage.repair", request_id=(str, True), route=(list, True), hop=(int, True), step=(int, True))
 schema("stage.release", request_id=(str, True))
 schema("ping")
 
@@ -36,7 +43,8 @@ schema("sched.heartbeat", ready=(list, False), resident=(int, True), kv_free_byt
        served_tokens=(int, True), utilization=((int, float), True), step_ms=((int, float), True),
        known_version=(int, True), prompt_queue_s=((int, float), False))
 schema("sched.leave")
-schema("sched.route", prompt_tokens=(int, True), kv_tokens=(int, True), avoid=(list, True))
+schema("sched.route", prompt_tokens=(int, True), kv_tokens=(int, True), avoid=(list, True),
+       route=(list, False), lost=(int, False))  # with route and lost: a node to take over that hop
 schema("sched.swarm")
 
 

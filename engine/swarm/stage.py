@@ -4,6 +4,14 @@
 node's network loop). One worker thread runs the model: each step it takes everything pending and
 makes one forward pass per (kind, span) group, so concurrent requests decode together.
 
+A stage keeps the hidden states it has sent on for each request (host memory: hidden size x 2 bytes
+per position, 16 KB for a 70B model, about 5 MB for a mean conversation), so that when the next
+stage dies mid-answer only that hop needs to be replayed: the stage keeps the request, tells the
+origin how many positions it holds, and on `stage.repair` resends them to the replacement, which
+prefills them and passes on only the last position (engine/swarm/origin.py). The resend goes out
+in parts of one prefill chunk from a thread of its own, between the worker's sends, so it delays
+this node's decode messages by at most a part's upload.
+
 Prompts are prefilled in chunks of at most `prefill_chunk_tokens` per step, so a long prompt does
 not stall the decode tokens of every other request on this node for its whole forward pass; each
 chunk's hidden states go on to the next stage as soon as it is done (a prompt part: `offset`,
@@ -47,6 +55,10 @@ class StageRequest:
     produced: int = 0
     context_used: int = 0
     last_seen: float = field(default_factory=time.monotonic)
+    sent: list[np.ndarray] = field(default_factory=list)  # hidden states passed on, in position order
+    sent_rows: int = 0
+    resume_step: int | None = None  # set up by a replay: it passes on only its last position, as this step
+    stalled: bool = False  # the next stage is gone: its work waits for a repair (or the release)
 
     @property
     def span(self) -> tuple[int, int]:
@@ -110,7 +122,11 @@ class StageWorker:
                                     f"not [{route[hop].start}, {route[hop].end})")
                 params = parse_sampling(body, self.spec.max_position_embeddings)
                 sampler = Sampler(params) if route[hop].end == self.spec.num_layers else None
-                state = StageRequest(route, hop, body["origin"], next_step=0, sampling=params, sampler=sampler)
+                resume = body.get("resume_step")
+                if resume is not None and not 0 < resume <= params.max_tokens:
+                    raise WireError(f"resume_step must be in [1, {params.max_tokens}], got {resume}")
+                state = StageRequest(route, hop, body["origin"], next_step=resume or 0, sampling=params,
+                                     sampler=sampler, produced=resume or 0, resume_step=resume)
             elif state is None:
                 raise WireError(f"unknown request {rid[:12]}: it was released or never prefilled here")
             if step != state.next_step:
@@ -176,6 +192,55 @@ class StageWorker:
         tokens = sum(w.inputs.shape[0] - w.done for w in waiting if w is not None and w.kind == "prefill")
         return tokens / self.prefill_chunk_tokens * self.step_ms / 1e3
 
+    def repair(self, message: Message) -> None:
+        """stage.repair from the request's origin: the route with one hop replaced by a node serving
+        the same layers. The stage just before that hop resends what it kept to the newcomer."""
+        body = message.body
+        rid, lost, step = body["request_id"], body["hop"], body["step"]
+        with self._lock:
+            state = self.requests.get(rid)
+            if state is None:
+                raise WireError(f"unknown request {rid[:12]}: it was released or never prefilled here")
+            if message.sender != state.origin:
+                raise WireError("only the request's origin may repair its route")
+            route = parse_route(body["route"], self.spec)
+            old = state.route
+            if (len(route) != len(old) or not 0 <= lost < len(route) or lost == state.hop
+                    or any(a != b for k, (a, b) in enumerate(zip(route, old)) if k != lost)
+                    or (route[lost].start, route[lost].end) != (old[lost].start, old[lost].end)):
+                raise WireError("a repair replaces exactly one other hop of the route, keeping its layers")
+            replays = lost == state.hop + 1
+            if replays and not 0 < step <= state.sampling.max_tokens:
+                raise WireError(f"step must be in [1, {state.sampling.max_tokens}], got {step}")
+            state.route = route
+            state.last_seen = time.monotonic()
+            state.stalled = False
+            rows = list(state.sent) if replays else []
+        if replays:
+            threading.Thread(target=self._replay, args=(rid, state, rows, step), name="stage-replay",
+                             daemon=True).start()
+
+    def _replay(self, rid: str, state: StageRequest, rows: list[np.ndarray], step: int) -> None:
+        """Resend the kept hidden states to the hop after this one, as a prompt in parts."""
+        total = sum(r.shape[0] for r in rows)
+        if not 0 < total <= MAX_PREFILL_TOKENS:
+            self._fail(rid, f"cannot replay a history of {total} positions")
+            return
+        history = np.concatenate(rows)
+        hop = state.hop + 1
+        peer = state.route[hop].peer_id
+        for offset in range(0, total, self.prefill_chunk_tokens):
+            part = history[offset:offset + self.prefill_chunk_tokens]
+            body = {"request_id": rid, "origin": state.origin, "kind": "prefill", "step": step,
+                    "route": [[h.peer_id, h.start, h.end] for h in state.route], "hop": hop,
+                    "offset": offset, "prompt_tokens": total, "resume_step": step}
+            if offset == 0:
+                body["sampling"] = sampling_body(state.sampling)
+            error = self._push(peer, body, {"hidden": Tensor(self.wire_dtype, part.shape, part.tobytes())})
+            if error:
+                self._fail(rid, error, suspect=peer)
+                return
+
     def release(self, request_id: str) -> bool:
         with self._lock:
             known = self.requests.pop(request_id, None) is not None
@@ -228,6 +293,8 @@ class StageWorker:
             if state is None:  # released while queued
                 self.runner.release(work.request_id)
                 continue
+            if state.stalled:  # a prompt's later chunks, with nowhere to go
+                continue
             if work.kind == "prefill":
                 if budget == 0 or work.request_id in prompts:
                     self._carried.append(work)
@@ -279,15 +346,27 @@ class StageWorker:
             self._emit_tokens([chunks[row][0] for row in complete], out[complete])
 
     def _forward(self, work: Work, state: StageRequest, rows: np.ndarray, offset: int | None) -> None:
-        """Hidden states on to the next stage: a decode token's, or a prompt chunk's (offset set)."""
+        """Hidden states on to the next stage: a decode token's, or a prompt chunk's (offset set).
+        A replayed history is kept whole but passes on only its last position, as the lost step."""
+        rows = rows.copy()
+        state.sent.append(rows)
+        state.sent_rows += rows.shape[0]
+        kind, step = work.kind, work.step
+        if state.resume_step is not None and offset is not None:
+            if offset + rows.shape[0] < state.prompt_tokens:
+                return
+            rows, offset, kind, step = rows[-1:], None, "decode", state.resume_step
         hidden = Tensor(self.wire_dtype, rows.shape, rows.tobytes())
-        body = {"request_id": work.request_id, "origin": state.origin, "kind": work.kind, "step": work.step,
+        body = {"request_id": work.request_id, "origin": state.origin, "kind": kind, "step": step,
                 "route": [[h.peer_id, h.start, h.end] for h in state.route], "hop": state.hop + 1}
         if offset is not None:
             body.update(offset=offset, prompt_tokens=state.prompt_tokens)
             if offset == 0:  # the next stage sets the request up from its first part
                 body["sampling"] = sampling_body(state.sampling)
-        self._push(work.request_id, state.route[state.hop + 1].peer_id, body, {"hidden": hidden})
+        peer = state.route[state.hop + 1].peer_id
+        error = self._push(peer, body, {"hidden": hidden})
+        if error:
+            self._fail(work.request_id, error, suspect=peer)
 
     def _emit_tokens(self, works: list[Work], logits: np.ndarray) -> None:
         states = [self.requests.get(w.request_id) for w in works]
@@ -302,36 +381,49 @@ class StageWorker:
                 state.produced += 1
                 if state.produced >= params.max_tokens:
                     finished = "length"
+            lost = None
             if finished is None:  # the next step first: it is on the critical path, the origin is not
                 first = state.route[0]
-                self._push(work.request_id, first.peer_id, {
+                lost = self._push(first.peer_id, {
                     "request_id": work.request_id, "origin": state.origin, "kind": "decode",
-                    "step": state.produced, "route": [[h.peer_id, h.start, h.end] for h in state.route], "hop": 0,
-                    "tokens": [token]})
+                    "step": state.produced, "route": [[h.peer_id, h.start, h.end] for h in state.route],
+                    "hop": 0, "tokens": [token]})
             body = {"request_id": work.request_id, "step": state.produced}
             if finished:
                 body["finished"] = finished
             if finished != "stop":
                 body["token"] = token
-            self._push(work.request_id, state.origin, body, kind="stage.token")
+            error = self._push(state.origin, body, kind="stage.token")
+            if error:
+                self._fail(work.request_id, error, suspect=state.origin)
+            elif lost:  # after the token: the origin needs it to replay the first hop
+                self._fail(work.request_id, lost, suspect=state.route[0].peer_id)
 
-    def _push(self, rid: str, peer: str, body: dict, tensors=None, kind: str = "stage.forward") -> None:
+    def _push(self, peer: str, body: dict, tensors=None, kind: str = "stage.forward") -> str | None:
+        """Send; the reason it failed, if it did."""
         try:
             self.send(peer, kind, body, tensors)
         except PeerError as exc:
-            self._fail(rid, str(exc), suspect=peer)
+            return str(exc)
+        return None
 
     def _fail(self, rid: str, error: str, suspect: str | None = None) -> None:
+        """Tell the origin. A request whose next stage is gone stays here (its cache and the hidden
+        states sent on), so that the origin can have just that hop replayed; else the origin releases it."""
         log.warning("request %s failed here: %s", rid[:8], error)
         state = self.requests.get(rid)
-        self.release(rid)
+        if state is None or suspect is None or suspect == state.origin:
+            self.release(rid)
+        else:
+            state.stalled = True
         if state is None or state.origin == suspect:
             return
-        body = {"request_id": rid, "error": error, **({"suspect": suspect} if suspect else {})}
+        body = {"request_id": rid, "error": error, "kept": state.sent_rows, "step": state.produced,
+                **({"suspect": suspect} if suspect else {})}
         try:
             self.send(state.origin, "stage.error", body, None)
         except PeerError:
-            pass
+            self.release(rid)
 
     def _expire_idle(self) -> None:
         now = time.monotonic()
