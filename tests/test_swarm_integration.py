@@ -174,3 +174,38 @@ def test_a_node_killed_mid_answer_does_not_change_the_answer(swarm, checkpoint):
     assert text == want
     snapshot = host.swarm()
     assert snapshot["recoveries"] >= 1 and killed.peer_id not in {n["peer_id"] for n in snapshot["nodes"]}
+
+
+def test_a_node_killed_mid_answer_costs_only_its_hop_when_another_serves_its_layers(tmp_path, checkpoint):
+    """Four serving nodes for the tiny model's three spans, so two hold the first layers. The twin on
+    the answer's route is killed: the last stage cannot hand it the next step, and the origin has
+    the other twin prefill the token history for that hop alone; the answer does not change."""
+    host = NodeProcess(tmp_path / "host", "--host", "--client-only", "--model", str(checkpoint))
+    nodes = [host]
+    try:
+        for name in "wxyz":
+            nodes.append(NodeProcess(tmp_path / name, "--join", host.multiaddr, "--max-memory", MEMORY_GB))
+        host.wait_for(lambda s: all_ready(s, 4), "four nodes serving every layer")
+        servers = nodes[1:]
+        spans = {n.peer_id: tuple(n.health()["serving"]) for n in servers}
+        twins = [n for n in servers if list(spans.values()).count(spans[n.peer_id]) == 2]
+        assert len(twins) == 2
+        want = generate_text(checkpoint, PROMPTS[0], 200)
+        stream = client(host).chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": PROMPTS[0]}], max_tokens=200, temperature=0,
+            stream=True)
+        text, killed = "", None
+        for chunk in stream:
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+            if killed is None and text:
+                killed = next(n for n in twins if n.health()["resident_requests"])
+                killed.stop(signal.SIGKILL)
+        assert text == want
+        snapshot = host.swarm()
+        assert snapshot["replays"] == 1 and snapshot["recoveries"] == 1
+        survivor = next(n for n in twins if n is not killed)
+        assert survivor.health()["served_requests"] >= 1  # it took over the hop
+    finally:
+        for node in reversed(nodes):
+            node.stop()

@@ -80,6 +80,7 @@ def test_a_stage_whose_next_hop_dies_keeps_the_request_and_replays_what_it_sent(
     (error, _), = outbox.to("o", "stage.error")
     assert error["suspect"] == "b" and error["kept"] == len(PROMPT) + 1
     assert "r" in stage.requests and stage.runner.cache.length["r"] == len(PROMPT) + 1  # kept, cache and all
+    assert stage.kept_bytes() == (len(PROMPT) + 1) * stage.spec.hidden_size * 4  # float32 on the wire
     sent_to_b = np.concatenate([hidden(t) for _, t in outbox.to("b")])
 
     with pytest.raises(WireError, match="only the request's origin"):

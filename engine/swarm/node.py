@@ -249,11 +249,13 @@ class Node:
             log.warning("%s", exc)
 
     def _kv_free(self) -> float:
-        if self.peer.stage is None:
+        stage = self.peer.stage
+        if stage is None or not self.assigned:
             return 0.0
-        cache = self.peer.stage.runner.cache
-        return max(self._memory_offer() - self.spec.shard_bytes(*self.assigned) - cache.bytes_held(), 0.0) \
-            if self.assigned else 0.0
+        held = stage.runner.cache.bytes_held()
+        if self.profile.backend != "cuda":  # the hidden states kept for replays share this memory
+            held += stage.kept_bytes()
+        return max(self._memory_offer() - self.spec.shard_bytes(*self.assigned) - held, 0.0)
 
     def _assign(self, target: tuple[int, int] | None) -> None:
         """Called on every heartbeat: make the served layers follow the assignment."""
@@ -393,6 +395,7 @@ class Node:
         snapshot["recent_requests"] = list(self.recent)
         snapshot["refused_messages"] = dict(self.peer.transport.refused)
         snapshot["recoveries"] = self.peer.origin.recoveries
+        snapshot["replays"] = self.peer.origin.replays  # recoveries that replayed one hop
         return snapshot
 
     # ---- lifetime ----

@@ -4,8 +4,9 @@
 node's network loop). One worker thread runs the model: each step it takes everything pending and
 makes one forward pass per (kind, span) group, so concurrent requests decode together.
 
-A stage keeps the hidden states it has sent on for each request (host memory: hidden size x 2 bytes
-per position, 16 KB for a 70B model, about 5 MB for a mean conversation), so that when the next
+A stage keeps the hidden states it has sent on for each request (host memory, in the wire dtype:
+16 KB per position for a 70B model in bf16, about 5 MB for a mean conversation; where host memory is the
+device's, on a CPU or an Apple chip, the node counts it against its cache room), so that when the next
 stage dies mid-answer only that hop needs to be replayed: the stage keeps the request, tells the
 origin how many positions it holds, and on `stage.repair` resends them to the replacement, which
 prefills them and passes on only the last position (engine/swarm/origin.py). The resend goes out
@@ -191,6 +192,12 @@ class StageWorker:
         waiting += list(self._carried)
         tokens = sum(w.inputs.shape[0] - w.done for w in waiting if w is not None and w.kind == "prefill")
         return tokens / self.prefill_chunk_tokens * self.step_ms / 1e3
+
+    def kept_bytes(self) -> int:
+        """Memory the hidden states kept for replays take (host memory)."""
+        with self._lock:
+            rows = sum(state.sent_rows for state in self.requests.values())
+        return rows * self.spec.hidden_size * np.dtype(HOST_DTYPES[self.wire_dtype]).itemsize
 
     def repair(self, message: Message) -> None:
         """stage.repair from the request's origin: the route with one hop replaced by a node serving
