@@ -4,6 +4,7 @@ vanishes mid-answer is routed around without changing the answer: by replaying o
 peer that serves the same layers, or, without one, by re-routing the whole request."""
 
 import socket
+import time
 import threading
 
 import pytest
@@ -170,5 +171,28 @@ def test_the_first_peer_vanishing_is_replayed_from_the_origins_tokens(tmp_path, 
         assert tokens == reference[1]
         assert client.origin.replays == 1
         assert served(last) == len(PROMPTS[1]) + 29  # the last stage's cache was kept
+    finally:
+        swarm.close()
+
+
+def test_a_peer_that_dies_holding_the_step_is_found_and_replayed(tmp_path, checkpoint, reference):
+    # the doomed peer takes the next step and dies before passing it on: nobody's send fails, the
+    # origin hears nothing, pings the route, and asks the stage before the silent one what it holds
+    swarm = Swarm(tmp_path, checkpoint, SPLIT + [SPLIT[1]], replay=True, token_timeout_s=3.0)
+    try:
+        first, doomed = swarm.peers[0], swarm.peers[1]
+        origin = first.origin
+        stream = origin.generate(PROMPTS[0], SamplingParams(max_tokens=30))
+        tokens = [next(stream) for _ in range(5)]
+        doomed.stage.close()  # it still takes messages, and runs none of them
+        deadline = time.monotonic() + 30
+        while doomed.stage._queue.empty():  # a step it will never pass on (it has no signal to wait on)
+            assert time.monotonic() < deadline, "the next step never reached the doomed peer"
+            time.sleep(0.01)
+        doomed.close()
+        tokens += list(stream)
+        assert tokens == reference[0]
+        assert origin.replays == 1
+        assert served(first) == len(PROMPTS[0]) + 29
     finally:
         swarm.close()

@@ -83,6 +83,13 @@ def test_a_stage_whose_next_hop_dies_keeps_the_request_and_replays_what_it_sent(
     assert stage.kept_bytes() == (len(PROMPT) + 1) * stage.spec.hidden_size * 4  # float32 on the wire
     sent_to_b = np.concatenate([hidden(t) for _, t in outbox.to("b")])
 
+    def status(sender):  # what the origin asks a stage that went silent on it
+        return stage.status(Message("stage.status", "s", sender, {"request_id": "r"}, {}))
+
+    assert status("o") == {"kept": len(PROMPT) + 1, "step": 0}
+    with pytest.raises(WireError, match="no request"):
+        status("c")
+
     with pytest.raises(WireError, match="only the request's origin"):
         stage.repair(repair("c", [["a", 0, 3], ["c", 3, 8]], 1, 1))
     with pytest.raises(WireError, match="exactly one other hop"):

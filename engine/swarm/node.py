@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 SWARM_PROTOCOL = "main"
 LOAD_RETRY_S = 30.0  # after a failed shard load (disk full, download error)
 
-MEMBER_ONLY = {"stage.forward", "stage.token", "stage.error", "stage.release", "stage.repair", "sched.heartbeat",
-               "sched.leave", "sched.route", "sched.swarm"}
+MEMBER_ONLY = {"stage.forward", "stage.token", "stage.error", "stage.release", "stage.repair", "stage.status",
+               "sched.heartbeat", "sched.leave", "sched.route", "sched.swarm"}
 
 
 @dataclass

@@ -6,7 +6,9 @@ asks for a new route that avoids them, and prefills the history again under a fr
 the answer goes on where it stopped (DESIGN.md, where we mean to beat the others, point 1).
 
 Cheaper first, when the answer has begun and the stage before the lost hop still holds the request
-(it says so in its `stage.error`): the scheduler names a node that serves the lost hop's layers,
+(it says so in its `stage.error`; after a silence, because the lost node died holding the step,
+the origin finds the one hop that no longer answers a ping and asks the stage before it what it
+holds, `stage.status`): the scheduler names a node that serves the lost hop's layers,
 every stage of the route learns the new route (`stage.repair`), and only that hop prefills the
 history again: from the hidden states the stage before it kept, or, for the first hop, from the
 token ids the origin keeps. The rest of the chain keeps its cache. Whatever does not fit that
@@ -153,7 +155,11 @@ class Origin:
         """Have a new node take over the failed hop; False when the whole request must be re-routed."""
         route = attempt.route
         peers = [h.peer_id for h in route]
-        if self.replacement_for is None or got == 0 or failure.suspect not in peers:
+        if self.replacement_for is None or got == 0:
+            return False
+        if failure.suspect is None:  # silence: a node died holding the step; which, and who kept what?
+            failure = self._locate(attempt, failure)
+        if failure.suspect not in peers:
             return False
         lost = peers.index(failure.suspect)
         # the stage before the lost hop (for the first hop: the last stage) must hold the whole history
@@ -191,6 +197,21 @@ class Origin:
         except PeerError:
             pass  # gone, as expected
         return True
+
+    def _locate(self, attempt: Attempt, failure: "_StageFailed") -> "_StageFailed":
+        """After a timeout: the one hop that no longer answers, and what the stage before it holds
+        (it did hand the step on, so it reports nothing by itself)."""
+        peers = [h.peer_id for h in attempt.route]
+        dead = self._unreachable(attempt.route)
+        if len(dead) != 1:
+            return failure
+        suspect = dead.pop()
+        before = peers[peers.index(suspect) - 1]
+        try:
+            held = self.send(before, "stage.status", {"request_id": attempt.request_id}, None, timeout=2.0)
+        except PeerError:
+            return failure
+        return _StageFailed(str(failure), suspect, before, held.get("kept"), held.get("step"))
 
     def _stream(self, attempt: Attempt, first: bool, expected: int = 1) -> Iterator[int]:
         while True:

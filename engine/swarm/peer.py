@@ -20,6 +20,7 @@ class Peer:
                  route_for: Callable[[int, int, set[str]], list[Hop]], **origin_options):
         self.handlers: dict[str, Callable[[Message], dict | None]] = {
             "stage.forward": self._forward, "stage.release": self._release, "stage.repair": self._repair,
+            "stage.status": self._status,
             "stage.token": self._to_origin, "stage.error": self._to_origin, "ping": lambda m: None,
         }
         self.transport = transport_factory(self._dispatch)
@@ -58,6 +59,11 @@ class Peer:
         if self.stage is None:
             raise WireError("this node serves no layers right now")
         self.stage.repair(message)
+
+    def _status(self, message: Message) -> dict:
+        if self.stage is None:
+            raise WireError("this node serves no layers right now")
+        return self.stage.status(message)
 
     def _release(self, message: Message) -> None:
         if self.stage is not None:

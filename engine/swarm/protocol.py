@@ -12,6 +12,8 @@ hidden states it has sent (`stage.error`, `kept`); the origin may then have a no
 layers take over that one hop: `stage.repair` gives every stage of the route the new route, and the
 stage before the lost hop resends what it kept to the newcomer as a prompt (`resume_step`: the
 decode step the chain lost), which passes on only the last position's hidden state (origin.py).
+A node that dies holding the step leaves only silence: then the origin asks the stage before it
+what it holds (`stage.status`).
 Nodes talk to the host's scheduler role with `sched.*`. Every message type of the swarm is declared
 here; the transport imports this module, so no node can lack one.
 """
@@ -34,6 +36,7 @@ schema("stage.token", request_id=(str, True), step=(int, True), token=(int, Fals
 schema("stage.error", request_id=(str, True), error=(str, True), suspect=(str, False), kept=(int, False),
        step=(int, False))
 schema("stage.repair", request_id=(str, True), route=(list, True), hop=(int, True), step=(int, True))
+schema("stage.status", request_id=(str, True))  # the reply says what the stage holds: kept, step
 schema("stage.release", request_id=(str, True))
 schema("ping")
 

@@ -199,6 +199,15 @@ class StageWorker:
             rows = sum(state.sent_rows for state in self.requests.values())
         return rows * self.spec.hidden_size * np.dtype(HOST_DTYPES[self.wire_dtype]).itemsize
 
+    def status(self, message: Message) -> dict:
+        """stage.status from the request's origin: what this stage holds of it (after a silence)."""
+        rid = message.body["request_id"]
+        with self._lock:
+            state = self.requests.get(rid)
+            if state is None or message.sender != state.origin:
+                raise WireError(f"no request {rid[:12]} of yours here")
+            return {"kept": state.sent_rows, "step": state.produced}
+
     def repair(self, message: Message) -> None:
         """stage.repair from the request's origin: the route with one hop replaced by a node serving
         the same layers. The stage just before that hop resends what it kept to the newcomer."""
