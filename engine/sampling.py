@@ -32,9 +32,13 @@ class Sampler:
     """Per-request random state, so that a seeded request samples the same tokens whatever else
     is in its batch."""
 
-    def __init__(self, params: SamplingParams):
+    def __init__(self, params: SamplingParams, drawn: int = 0):
+        """drawn: tokens this request has already sampled elsewhere (a stage that takes over the
+        last hop mid-answer goes on with the random stream where the lost one left it)."""
         self.params = params
         self.generator = np.random.default_rng(params.seed) if params.temperature > 0 else None
+        if self.generator is not None and drawn:
+            self.generator.random(drawn)  # sample() draws one number per token
 
     def is_stop(self, token: int) -> bool:
         return token in self.params.stop_token_ids

@@ -196,3 +196,20 @@ def test_a_peer_that_dies_holding_the_step_is_found_and_replayed(tmp_path, check
         assert served(first) == len(PROMPTS[0]) + 29
     finally:
         swarm.close()
+
+
+def test_a_seeded_answer_goes_on_unchanged_when_the_last_hop_is_replayed(tmp_path, checkpoint):
+    # the stage that takes over sampling picks up the request's random stream where it was left
+    swarm = Swarm(tmp_path, checkpoint, SPLIT + [SPLIT[2]], replay=True)
+    params = SamplingParams(max_tokens=30, temperature=1.5, seed=11)
+    try:
+        origin = swarm.peers[0].origin
+        uninterrupted = list(origin.generate(PROMPTS[3], params))
+        stream = origin.generate(PROMPTS[3], params)
+        tokens = [next(stream) for _ in range(5)]
+        swarm.peers[2].close()
+        tokens += list(stream)
+        assert origin.replays == 1
+        assert tokens == uninterrupted
+    finally:
+        swarm.close()

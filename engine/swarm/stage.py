@@ -122,10 +122,10 @@ class StageWorker:
                     raise WireError(f"this node serves layers [{self.runner.start}, {self.runner.end}), "
                                     f"not [{route[hop].start}, {route[hop].end})")
                 params = parse_sampling(body, self.spec.max_position_embeddings)
-                sampler = Sampler(params) if route[hop].end == self.spec.num_layers else None
                 resume = body.get("resume_step")
                 if resume is not None and not 0 < resume <= params.max_tokens:
                     raise WireError(f"resume_step must be in [1, {params.max_tokens}], got {resume}")
+                sampler = Sampler(params, resume or 0) if route[hop].end == self.spec.num_layers else None
                 state = StageRequest(route, hop, body["origin"], next_step=resume or 0, sampling=params,
                                      sampler=sampler, produced=resume or 0, resume_step=resume)
             elif state is None:
