@@ -33,8 +33,8 @@ class Sampler:
     is in its batch."""
 
     def __init__(self, params: SamplingParams, drawn: int = 0):
-        """drawn: tokens this request has already sampled elsewhere (a stage that takes over the
-        last hop mid-answer goes on with the random stream where the lost one left it)."""
+        """drawn: tokens this request has already sampled elsewhere (after a failure mid-answer, the
+        stage that samples now goes on with the random stream where the lost one left it)."""
         self.params = params
         self.generator = np.random.default_rng(params.seed) if params.temperature > 0 else None
         if self.generator is not None and drawn:

@@ -198,9 +198,11 @@ def test_a_peer_that_dies_holding_the_step_is_found_and_replayed(tmp_path, check
         swarm.close()
 
 
-def test_a_seeded_answer_goes_on_unchanged_when_the_last_hop_is_replayed(tmp_path, checkpoint):
-    # the stage that takes over sampling picks up the request's random stream where it was left
-    swarm = Swarm(tmp_path, checkpoint, SPLIT + [SPLIT[2]], replay=True)
+@pytest.mark.parametrize("replay", [True, False])
+def test_a_seeded_answer_goes_on_unchanged_when_the_sampling_stage_is_lost(tmp_path, checkpoint, replay):
+    # whoever samples next, the replacement of the last hop or a whole new route, picks up the
+    # request's random stream where it was left
+    swarm = Swarm(tmp_path, checkpoint, SPLIT + [SPLIT[2]], replay=replay)
     params = SamplingParams(max_tokens=30, temperature=1.5, seed=11)
     try:
         origin = swarm.peers[0].origin
@@ -209,7 +211,7 @@ def test_a_seeded_answer_goes_on_unchanged_when_the_last_hop_is_replayed(tmp_pat
         tokens = [next(stream) for _ in range(5)]
         swarm.peers[2].close()
         tokens += list(stream)
-        assert origin.replays == 1
+        assert (origin.replays, origin.recoveries) == ((1, 1) if replay else (0, 1))
         assert tokens == uninterrupted
     finally:
         swarm.close()

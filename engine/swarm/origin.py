@@ -48,6 +48,7 @@ class Attempt:
     route: list[Hop]
     events: "queue.Queue[Message]"
     params: SamplingParams
+    drawn: int  # tokens the request sampled before this attempt
 
 
 class Origin:
@@ -91,7 +92,7 @@ class Origin:
             route = self._route(context, context + remaining, avoid, patience)
             if on_route:
                 on_route(route)
-            attempt = self._start(route, prompt + produced, replace(params, max_tokens=remaining))
+            attempt = self._start(route, prompt + produced, replace(params, max_tokens=remaining), len(produced))
             got = 0  # tokens of this attempt
             try:
                 while True:
@@ -136,13 +137,13 @@ class Origin:
             time.sleep(pause)  # waiting on other machines, which send no signal to wait on
             pause = min(pause * 1.5, 2.0)
 
-    def _start(self, route: list[Hop], tokens: list[int], params: SamplingParams) -> Attempt:
-        attempt = Attempt(uuid.uuid4().hex, route, queue.Queue(), params)
+    def _start(self, route: list[Hop], tokens: list[int], params: SamplingParams, drawn: int) -> Attempt:
+        attempt = Attempt(uuid.uuid4().hex, route, queue.Queue(), params, drawn)
         with self._lock:
             self._inboxes[attempt.request_id] = attempt.events
         body = {"request_id": attempt.request_id, "origin": self.peer_id, "kind": "prefill", "step": 0,
                 "route": [[h.peer_id, h.start, h.end] for h in route], "hop": 0, "tokens": tokens,
-                "sampling": sampling_body(params)}
+                "sampling": sampling_body(params), "drawn": drawn}
         try:
             self.send(route[0].peer_id, "stage.forward", body, None)
         except PeerError as exc:
@@ -189,7 +190,7 @@ class Origin:
                 self.send(hop.peer_id, "stage.forward", {
                     "request_id": attempt.request_id, "origin": self.peer_id, "kind": "prefill", "step": got,
                     "route": body["route"], "hop": 0, "tokens": history, "resume_step": got,
-                    "sampling": sampling_body(attempt.params)}, None)
+                    "sampling": sampling_body(attempt.params), "drawn": attempt.drawn + got}, None)
         except PeerError:
             return False
         try:

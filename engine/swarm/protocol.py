@@ -31,7 +31,7 @@ MAX_PREFILL_TOKENS = 16384
 
 schema("stage.forward", request_id=(str, True), origin=(str, True), route=(list, True), hop=(int, True),
        kind=(str, True), step=(int, True), tokens=(list, False), sampling=(dict, False),
-       offset=(int, False), prompt_tokens=(int, False), resume_step=(int, False))
+       offset=(int, False), prompt_tokens=(int, False), resume_step=(int, False), drawn=(int, False))
 schema("stage.token", request_id=(str, True), step=(int, True), token=(int, False), finished=(str, False))
 schema("stage.error", request_id=(str, True), error=(str, True), suspect=(str, False), kept=(int, False),
        step=(int, False))

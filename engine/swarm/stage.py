@@ -59,6 +59,7 @@ class StageRequest:
     sent: list[np.ndarray] = field(default_factory=list)  # hidden states passed on, in position order
     sent_rows: int = 0
     resume_step: int | None = None  # set up by a replay: it passes on only its last position, as this step
+    drawn: int = 0  # tokens the request sampled before this prompt: a seeded stream goes on from there
     stalled: bool = False  # the next stage is gone: its work waits for a repair (or the release)
 
     @property
@@ -122,12 +123,14 @@ class StageWorker:
                     raise WireError(f"this node serves layers [{self.runner.start}, {self.runner.end}), "
                                     f"not [{route[hop].start}, {route[hop].end})")
                 params = parse_sampling(body, self.spec.max_position_embeddings)
-                resume = body.get("resume_step")
+                resume, drawn = body.get("resume_step"), body.get("drawn", 0)
                 if resume is not None and not 0 < resume <= params.max_tokens:
                     raise WireError(f"resume_step must be in [1, {params.max_tokens}], got {resume}")
-                sampler = Sampler(params, resume or 0) if route[hop].end == self.spec.num_layers else None
+                if not 0 <= drawn <= self.spec.max_position_embeddings:
+                    raise WireError(f"drawn must be in [0, {self.spec.max_position_embeddings}], got {drawn}")
+                sampler = Sampler(params, drawn) if route[hop].end == self.spec.num_layers else None
                 state = StageRequest(route, hop, body["origin"], next_step=resume or 0, sampling=params,
-                                     sampler=sampler, produced=resume or 0, resume_step=resume)
+                                     sampler=sampler, produced=resume or 0, resume_step=resume, drawn=drawn)
             elif state is None:
                 raise WireError(f"unknown request {rid[:12]}: it was released or never prefilled here")
             if step != state.next_step:
@@ -251,7 +254,7 @@ class StageWorker:
                     "route": [[h.peer_id, h.start, h.end] for h in state.route], "hop": hop,
                     "offset": offset, "prompt_tokens": total, "resume_step": step}
             if offset == 0:
-                body["sampling"] = sampling_body(state.sampling)
+                body.update(sampling=sampling_body(state.sampling), drawn=state.drawn + step)
             error = self._push(peer, body, {"hidden": Tensor(self.wire_dtype, part.shape, part.tobytes())})
             if error:
                 self._fail(rid, error, suspect=peer)
@@ -378,7 +381,7 @@ class StageWorker:
         if offset is not None:
             body.update(offset=offset, prompt_tokens=state.prompt_tokens)
             if offset == 0:  # the next stage sets the request up from its first part
-                body["sampling"] = sampling_body(state.sampling)
+                body.update(sampling=sampling_body(state.sampling), drawn=state.drawn)
         peer = state.route[state.hop + 1].peer_id
         error = self._push(peer, body, {"hidden": hidden})
         if error:
