@@ -19,8 +19,8 @@ class Peer:
     def __init__(self, transport_factory: Callable[[Callable[[Message], dict | None]], Transport],
                  route_for: Callable[[int, int, set[str]], list[Hop]], **origin_options):
         self.handlers: dict[str, Callable[[Message], dict | None]] = {
-            "stage.forward": self._forward, "stage.release": self._release, "stage.repair": self._repair,
-            "stage.status": self._status,
+            "stage.forward": lambda m: self._serving().accept(m), "stage.release": self._release,
+            "stage.repair": lambda m: self._serving().repair(m), "stage.status": lambda m: self._serving().status(m),
             "stage.token": self._to_origin, "stage.error": self._to_origin, "ping": lambda m: None,
         }
         self.transport = transport_factory(self._dispatch)
@@ -50,20 +50,10 @@ class Peer:
             raise WireError(f"this node does not handle {message.type}")
         return handler(message)
 
-    def _forward(self, message: Message) -> None:
+    def _serving(self) -> StageWorker:
         if self.stage is None:
             raise WireError("this node serves no layers right now")
-        self.stage.accept(message)
-
-    def _repair(self, message: Message) -> None:
-        if self.stage is None:
-            raise WireError("this node serves no layers right now")
-        self.stage.repair(message)
-
-    def _status(self, message: Message) -> dict:
-        if self.stage is None:
-            raise WireError("this node serves no layers right now")
-        return self.stage.status(message)
+        return self.stage
 
     def _release(self, message: Message) -> None:
         if self.stage is not None:
