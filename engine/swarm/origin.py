@@ -178,7 +178,10 @@ class Origin:
         if hop.peer_id in peers or (hop.start, hop.end) != (route[lost].start, route[lost].end):
             return False
         new = route[:lost] + [hop] + route[lost + 1:]
-        attempt.route = new  # from now on, _finish releases the newcomer too
+        attempt.route = new  # from now on, _finish releases the newcomer too, and not the lost hop:
+        # if that one only refused the step, it still holds the request (in the background: a dead
+        # node answers nothing, and the answer should not wait for that)
+        threading.Thread(target=self._release, args=(failure.suspect, attempt.request_id), daemon=True).start()
         body = {"request_id": attempt.request_id, "route": [[h.peer_id, h.start, h.end] for h in new],
                 "hop": lost, "step": got}
         # the stage that replays hears last, once every other stage knows the newcomer
@@ -193,10 +196,6 @@ class Origin:
                     "sampling": sampling_body(attempt.params), "drawn": attempt.drawn + got}, None)
         except PeerError:
             return False
-        try:
-            self.send(failure.suspect, "stage.release", {"request_id": attempt.request_id}, None, timeout=2.0)
-        except PeerError:
-            pass  # gone, as expected
         return True
 
     def _locate(self, attempt: Attempt, failure: "_StageFailed") -> "_StageFailed":
@@ -239,10 +238,13 @@ class Origin:
             if self._inboxes.pop(attempt.request_id, None) is None:
                 return
         for hop in attempt.route:
-            try:
-                self.send(hop.peer_id, "stage.release", {"request_id": attempt.request_id}, None, timeout=2.0)
-            except PeerError:
-                pass
+            self._release(hop.peer_id, attempt.request_id)
+
+    def _release(self, peer_id: str, request_id: str) -> None:
+        try:
+            self.send(peer_id, "stage.release", {"request_id": request_id}, None, timeout=2.0)
+        except PeerError:
+            pass
 
     def _unreachable(self, route: list[Hop]) -> set[str]:
         dead = set()
