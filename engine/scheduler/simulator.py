@@ -15,9 +15,11 @@ Physics (identical for every policy; nothing here knows which policy runs):
   the error is at most one transfer's overlap per busy period);
 - a request reserves KV cache (prompt + max_tokens) on every node of its chain when admitted and
   frees it when done; if the chain has no room it waits and is retried when memory frees;
-- nodes join, leave (abruptly) and reload weights when their layers change; the requests a lost
-  node held are re-routed and re-prefilled from the origin's token history when the policy
-  supports it, else they fail.
+- nodes join, leave (abruptly) and reload weights when their layers change; a request that lost
+  a node mid-answer keeps the rest of its chain if the policy replays lost hops and names a
+  replacement (see Simulator.replay: the history's hidden states are resent by the stage before,
+  behind its other traffic, or by a client that relays every hop), else it is re-routed and
+  re-prefilled from the origin's token history when the policy supports that, else it fails.
 Deterministic for a seed: arrivals and membership changes are drawn before the run.
 """
 
