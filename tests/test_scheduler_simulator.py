@@ -105,6 +105,17 @@ def test_latency_metrics_and_slo():
     assert not meets_slo(overloaded, scenario.slo)
 
 
+def test_tpot_counts_answers_still_streaming_when_the_window_ends():
+    # answers of ~1500 tokens outlast the 30 s window: judged on completed answers alone, the TPOT
+    # median would rest on the few short ones and hide every slow chain
+    doc = tomllib.loads(SCENARIO_TOML)
+    doc["workload"].update(output_tokens_mean=1500, max_context=4096)
+    r = simulate(parse_scenario(doc).sim_config(), "potluck")
+    assert r.unfinished > r.completed
+    assert len(r.tpot_s) > r.completed
+    assert 0 < percentile(r.tpot_s, 50) < 1
+
+
 def test_same_seed_same_result_across_processes():
     """No hash- or address-dependent ordering: another interpreter, another hash seed, same run."""
     import os
@@ -145,6 +156,10 @@ def test_usage_accounts_for_the_work_done():
     for u in r.usage:
         assert 0 <= u["flops_used"] <= u["busy"] <= 1.05  # a step lasts at least its FLOPs' time
         assert 0 <= u["kv_reserved"] <= 1 and u["serving"] <= u["nodes"]
+        assert 0 <= u["uplink_used"] <= 1.05
+    # no node holds the whole model here, so every output token crossed at least one uplink
+    sent = sum(u["uplink_used"] * u["uplink_mbps"] * 1e6 / 8 * u["nodes"] * window for u in r.usage)
+    assert sent >= 0.5 * r.output_tok_s * window * cfg.model.hidden_size * cfg.model.dtype_bytes
     flops = sum(u["flops_used"] * u["tflops"] * 1e12 * u["nodes"] * window for u in r.usage)
     # every output token in the window took at least one pass through every layer (edges aside)
     assert flops >= 0.5 * r.output_tok_s * window * cfg.model.num_layers * cfg.model.flops_per_token_layer

@@ -33,10 +33,10 @@ def format_table(report: dict) -> str:
     lines.append("capacity: highest output tok/s within the SLO; latencies at the scenario's own arrival rate")
     for name, detail in report.get("details", {}).items():
         if detail.get("usage_at_capacity"):
-            lines.append(f"where {name}'s time goes at capacity (per hardware group: busy, FLOP/s used, KV reserved):")
+            lines.append(f"where {name}'s time goes at capacity (per hardware group: busy, FLOP/s used, uplink used, KV reserved):")
             lines += [f"  {u['region']:<6} {u['nodes']:>4} x {u['memory_gb']:g} GB {u['tflops']:g} TFLOP/s "
                       f"{u['bandwidth_gbs']:g} GB/s ({u['serving']} serving): busy {u['busy']:.0%}, "
-                      f"FLOP/s {u['flops_used']:.0%}, KV {u['kv_reserved']:.0%}"
+                      f"FLOP/s {u['flops_used']:.0%}, uplink {u['uplink_used']:.0%}, KV {u['kv_reserved']:.0%}"
                       for u in detail["usage_at_capacity"]]
     return "\n".join(lines)
 
