@@ -87,7 +87,7 @@ def kv_bound(cfg) -> float:
 
     configs = [(g, k) for g, cap in enumerate(caps) for k in range(1, cap + 1)]
     for g, k in configs:
-        for v in ("a", "p", "f", "h", *(f"x{q}" for q in range(CLASSES))):
+        for v in ("a", "p", "f", "d", "h", *(f"x{q}" for q in range(CLASSES))):
             col((g, k, v))
     rows, rhs = [], []
 
@@ -107,6 +107,11 @@ def kv_bound(cfg) -> float:
     for g, k in configs:
         finals[col((g, k, "p"))] = -1.0 / L
     row(finals, 0.0)
+    decode_finals = {col((g, k, "d")): 1.0 for g, k in configs}  # a decode pass's last run sends a token id
+    for g, k in configs:
+        for q in range(CLASSES):
+            decode_finals[col((g, k, f"x{q}"))] = -1.0 / L
+    row(decode_finals, 0.0)
     for g, (n, a) in enumerate(members):
         row({col((g, k, "a")): 1.0 for k in range(1, caps[g] + 1)}, a)
     swarm_kv = {}
@@ -117,11 +122,12 @@ def kv_bound(cfg) -> float:
         free_tb = (n.memory_bytes - k * lb) / 1e12
         row({**{x: 1.0 for x in xs}, p: 1.0, h: 1.0, a: -n.flops_per_s / f / scale}, 0.0)
         row({fin: 1.0, p: -1.0}, 0.0)
+        row({col((g, k, "d")): 1.0, **{x: -1.0 for x in xs}}, 0.0)
         per_run = STEP_OVERHEAD_S
         if k < L:
             messages = n.uplink_mbps * 1e6 / 8 / hidden / scale
             # decode messages and prompts' uploads share the one uplink (simulator: since c0a534e)
-            row({**{x: 1.0 / k for x in xs}, p: 1.0 / k, fin: -1.0, a: -messages}, 0.0)
+            row({**{x: 1.0 / k for x in xs}, p: 1.0 / k, fin: -1.0, col((g, k, "d")): -1.0, a: -messages}, 0.0)
             per_run += half_rtt + hidden / (n.uplink_mbps * 1e6 / 8)
         per_pass = lb / n.bytes_per_s + per_run / k + model.lm_head_bytes / bw_max / L
         row({**{x: kv * classes[q] * fastest_cycle * scale / 1e12 for q, x in enumerate(xs)}, a: -free_tb}, 0.0)

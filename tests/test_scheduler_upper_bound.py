@@ -61,20 +61,21 @@ def test_compute_bound_by_hand():
 def test_uplink_bound_by_hand():
     # Node A (4 GB) holds the whole toy model: it may serve chains alone and never uploads.
     # Node B (2 GB) holds at most 2 layers and has an 8 Mbit/s uplink = 1000 hidden states/s, shared:
-    #   decode: each run of <= 2 layers sends one hidden state         -> x_B / 2 messages
-    #   prompts: every non-final run uploads its prompt                 -> p_B / 2 - f_B messages
-    #   so x_B / 2 + p_B / 2 - f_B <= 1000, where f_B (prompt tokens of final runs on B) is at most
-    #   the prompts' total p / L.
-    # Both do 10 TFLOP/s = 10 000 layer-tokens/s. With a = decode and b = prefill work per token,
-    # B does 2000 + 2 f_B and A does 10 000; giving B all the finals (f_B = b R / 4):
-    #   a R + b R = 12 000 + 2 b R / 4  ->  R = 12 000 / (a + b / 2)
-    # (with a separate channel for each, as the simulator once had, it was 14 000 / (a + b / 2))
+    # every run of <= 2 layers on it but a chain's last sends one hidden state per token (the last
+    # sends a token id), decode and prompts alike:
+    #   x_B / 2 - d_B + p_B / 2 - f_B <= 1000, where d_B and f_B (tokens of the runs on B that end a
+    #   decode pass or a prefill) are at most the passes' totals, a R / L and b R / L (L = 4).
+    # A does 10 TFLOP/s = 10 000 layer-tokens/s, B 40 000. With a = decode and b = prefill work per
+    # token, B does 2000 + 2 (d_B + f_B) and A 10 000; giving B every final run:
+    #   (a + b) R = 12 000 + 2 (a + b) R / 4  ->  R = 24 000 / (a + b), and B stays under its FLOP/s
+    # (with a separate channel for decode and prompts, as the simulator once had, and a hidden state
+    # for every decode run, it was more; FLOP/s alone would allow 50 000 / (a + b))
     a_node = node(0, 4, tflops=10, uplink_mbps=1)
-    b_node = node(1, 2, tflops=10, uplink_mbps=8)
+    b_node = node(1, 2, tflops=40, uplink_mbps=8)
     a, b = per_token_demand(TOY, TOY_WORK)
     result = bound([a_node, b_node], TOY, TOY_WORK)
-    assert result.tok_s == pytest.approx(12_000 / (a + b / 2), rel=1e-5)
-    assert result.compute_tok_s == pytest.approx(20_000 / (a + b), rel=1e-5)
+    assert result.tok_s == pytest.approx(24_000 / (a + b), rel=1e-5)
+    assert result.compute_tok_s == pytest.approx(50_000 / (a + b), rel=1e-5)
     assert any(name.startswith("uplink of") for name in result.binding)
 
 

@@ -213,7 +213,8 @@ class ChainTimes:
         for s, nxt in zip(stages, stages[1:]):
             self.prompt_links += pm.ctx.rtt.rtt_s(s.region, nxt.region) / 2
         hidden = model.hidden_state_bytes(1)
-        self.token_uploads = [transfer_time(s, hidden) if len(stages) > 1 else 0.0 for s in stages]
+        # every stage but the last sends each token's hidden state on; the last sends a token id
+        self.token_uploads = [transfer_time(s, hidden) if k < len(stages) - 1 else 0.0 for k, s in enumerate(stages)]
 
     def cycle(self, q: float) -> tuple[float, float]:
         """(token time, tokens/s) of the pipeline holding q requests, spread evenly over its stages.

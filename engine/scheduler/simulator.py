@@ -9,7 +9,8 @@ Physics (identical for every policy; nothing here knows which policy runs):
   hidden states move on as soon as it is done, so the stages of a chain work on a long prompt at
   the same time (engine/swarm/stage.py batches and forwards the same way);
 - a hop costs RTT/2 plus serialisation on the sender's one uplink: decode messages (one hidden
-  state per token) go first, one after another, and every byte they send pushes the prompts'
+  state per token; the last stage sends the sampled token id back to the first, a few bytes that
+  cost only RTT/2, as engine/swarm/stage.py does) go first, one after another, and every byte they send pushes the prompts'
   hidden states (bulk transfers, one after another) back by its time, so decode and prompts
   together never send faster than the uplink (a transfer already under way keeps its finish time:
   the error is at most one transfer's overlap per busy period);
@@ -403,7 +404,8 @@ class Simulator:
         if not node.alive or token != node.load_token:
             return
         now = self.now
-        groups: dict[int, list] = {}
+        groups: dict[int, list] = {}  # hidden states for the next stage, by node
+        returns: dict[int, list] = {}  # sampled token ids back to the first stage: a few bytes each
         hidden = self.model.hidden_size * self.model.dtype_bytes
         finished_any = False
         for req, epoch, h, tok, done, began in items:
@@ -440,8 +442,7 @@ class Simulator:
                 self.finished.append(req)
                 finished_any = True
                 continue
-            dest = hops[0].node
-            groups.setdefault(dest, []).append((req, req.epoch, 0, 1, -1))
+            returns.setdefault(hops[0].node, []).append((req, req.epoch, 0, 1, -1))
         node.busy = False
         spec = node.spec
         uplink = spec.uplink_mbps * 1e6 / 8
@@ -479,6 +480,12 @@ class Simulator:
                 self.sent_s[spec.id] += per_item * len(tokens)
             if node.replay_free > now:
                 node.replay_free += per_item * len(tokens)
+        for dest_id, batch in returns.items():
+            dest = self.nodes[dest_id]
+            if dest is node:
+                node.queue.extend(batch)
+            else:
+                self.push(now + self.half_rtt[node.region][dest.region], DELIVER, dest, batch)
         if node.queue:
             self.start_step(node)
         if finished_any and self.pending:

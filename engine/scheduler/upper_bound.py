@@ -10,19 +10,20 @@ every policy, every request and every step:
   p_g  prefill layer-tokens: every prompt token goes through all L layers (re-prefills after a
        re-route only add), so sum_g p_g >= R * L * E[p] / E[o];
   h_g  lm_head work: at least one application (2 * lm_head params FLOPs) per output token;
-  f_g  prompt tokens whose prefill visit at g is the last stage of the chain (nothing to upload).
+  f_g  prompt tokens whose prefill visit at g is the last stage of the chain (nothing to upload);
+  d_g  decode passes whose last stage is at g (it sends the sampled token id back, not a hidden state).
 
 Constraints, and why each holds:
   compute   a step takes max(bytes/bandwidth, FLOPs/FLOP/s) + overhead, so a node present and
             loaded for a fraction a of the time does at most a * FLOP/s of FLOPs:
             (x_g + p_g) * flops_per_token_layer + h_g <= FLOP/s_g * A_g, A_g = sum of a over g.
-  uplink    every maximal run of a chain on one node ends by sending one hidden state per token
-            (to the next stage, or back to the first) through that node's one uplink; a run covers
-            at most cap_g = floor(memory / layer_bytes) layers. Decode sends at least x_g / cap_g
-            hidden states and prefill, whose every non-final run uploads its prompt's, at least
-            p_g / cap_g - f_g, where each prefill has exactly one final run (sum_g f_g <= sum_g
-            p_g / L) and f_g <= p_g. Unless a node can hold the whole model (then a chain may be
-            that node alone): x_g / cap_g + p_g / cap_g - f_g <= A_g * uplink / hidden.
+  uplink    every maximal run of a chain on one node but the last ends by sending one hidden state
+            per token to the next stage through that node's one uplink (the last sends a token id);
+            a run covers at most cap_g = floor(memory / layer_bytes) layers. Decode sends at least
+            x_g / cap_g - d_g hidden states and prefill at least p_g / cap_g - f_g, where each pass
+            has exactly one final run (sum_g d_g <= sum_g x_g / L, sum_g f_g <= sum_g p_g / L),
+            d_g <= x_g and f_g <= p_g. Unless a node can hold the whole model (then a chain may be
+            that node alone): x_g / cap_g - d_g + p_g / cap_g - f_g <= A_g * uplink / hidden.
 Expected lengths E[p], E[o] are taken conservatively for the clipped, rounded log-normal the
 simulator draws (see length_bounds), so every per-token demand above is a lower bound.
 
@@ -168,11 +169,12 @@ def bound(nodes: list[NodeSpec], model: ModelShape, workload: Workload,
     hidden = model.hidden_state_bytes(1)
 
     G = len(members)
-    R, X, P, F, H = 0, 1, 1 + G, 1 + 2 * G, 1 + 3 * G  # column offsets: R, x_g, p_g, f_g, h_g
+    R, X, P, F, D, H = 0, 1, 1 + G, 1 + 2 * G, 1 + 3 * G, 1 + 4 * G  # columns: R, x_g, p_g, f_g, d_g, h_g
+    columns = 1 + 5 * G
     rows, rhs, names = [], [], []
 
     def row(entries: dict[int, float], b: float, name: str) -> None:
-        r = np.zeros(1 + 4 * G)
+        r = np.zeros(columns)
         for col, v in entries.items():
             r[col] += v
         rows.append(r)
@@ -184,18 +186,21 @@ def bound(nodes: list[NodeSpec], model: ModelShape, workload: Workload,
     row({R: lm_head_per_token, **{H + g: -1.0 for g in range(G)}}, 0.0, "lm_head")
     row({**{F + g: 1.0 for g in range(G)}, **{P + g: -1.0 / L for g in range(G)}}, 0.0,
         "one final stage per prefill")
+    row({**{D + g: 1.0 for g in range(G)}, **{X + g: -1.0 / L for g in range(G)}}, 0.0,
+        "one final stage per decode pass")
     for g, (node, a) in enumerate(members):
         row({X + g: 1.0, P + g: 1.0, H + g: 1.0}, compute[g] / scale, f"compute of {_label(node, a)}")
         row({F + g: 1.0, P + g: -1.0}, 0.0, f"finals within prefill of {_label(node, a)}")
+        row({D + g: 1.0, X + g: -1.0}, 0.0, f"finals within decode of {_label(node, a)}")
     uplink_rows = len(rows)
     for g, (node, a) in enumerate(members):
         if node.memory_bytes >= model.total_weight_bytes:
             continue  # it can serve whole chains alone, with nothing to send
         cap = min(L, int(node.memory_bytes // model.layer_bytes))
         messages = a * node.uplink_mbps * 1e6 / 8 / hidden / scale  # hidden states per second
-        row({X + g: 1.0 / cap, P + g: 1.0 / cap, F + g: -1.0}, messages, f"uplink of {_label(node, a)}")
+        row({X + g: 1.0 / cap, P + g: 1.0 / cap, F + g: -1.0, D + g: -1.0}, messages, f"uplink of {_label(node, a)}")
 
-    c = np.zeros(1 + 4 * G)
+    c = np.zeros(columns)
     c[R] = 1.0
     A, b = np.array(rows), np.array(rhs)
     value, _, duals = maximise(c, A, b)
