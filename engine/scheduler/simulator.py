@@ -10,10 +10,10 @@ Physics (identical for every policy; nothing here knows which policy runs):
   the same time (engine/swarm/stage.py batches and forwards the same way);
 - a hop costs RTT/2 plus serialisation on the sender's one uplink: decode messages (one hidden
   state per token; the last stage sends the sampled token id back to the first, a few bytes that
-  cost only RTT/2, as engine/swarm/stage.py does) go first, one after another, and every byte they send pushes the prompts'
-  hidden states (bulk transfers, one after another) back by its time, so decode and prompts
-  together never send faster than the uplink (a transfer already under way keeps its finish time:
-  the error is at most one transfer's overlap per busy period);
+  cost only RTT/2, as engine/swarm/stage.py does) go first, one after another, and every byte they
+  send pushes the prompts' hidden states (bulk transfers, one after another) back by its time, so
+  decode and prompts together never send faster than the uplink (a transfer already under way
+  keeps its finish time: the error is at most one transfer's overlap per busy period);
 - a request reserves KV cache (prompt + max_tokens) on every node of its chain when admitted and
   frees it when done; if the chain has no room it waits and is retried when memory frees;
 - nodes join, leave (abruptly) and reload weights when their layers change; a request that lost
