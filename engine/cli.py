@@ -55,6 +55,10 @@ def build_parser() -> Parser:
     node.add_argument("--client-only", action="store_true", help="join without serving layers")
     node.add_argument("--backend", choices=["auto", "torch", "mlx"], default="auto")
     node.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    node.add_argument("--wire", choices=["exact", "q8"], default="exact",
+                      help="with --host: hidden states between stages in the model's dtype (exact, the default) "
+                           "or in 8-bit blocks (q8: half the bytes on volunteers' uplinks, a rounding error of "
+                           "about 0.4%% per hop)")
     node.add_argument("--heartbeat", type=float, default=1.0, metavar="S", help=argparse.SUPPRESS)
     node.add_argument("--token-timeout", type=float, default=30.0, metavar="S", help=argparse.SUPPRESS)
 

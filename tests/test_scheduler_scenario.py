@@ -50,6 +50,7 @@ def test_shipped_scenarios_cover_the_required_swarms():
     ("arrival_rate_per_s = 2\n", "arrival_rate_per_s = \"fast\"\n", "'arrival_rate_per_s' must be a number"),
     ("[slo]\nttft_p99_s = 10\n", "[slo]\n", "[slo]: missing key 'ttft_p99_s'"),
     ("duration_s = 40\n", "", "top level: missing key 'duration_s'"),
+    ("num_layers = 16\n", 'num_layers = 16\nwire = "zip"\n', "[model]: 'wire' must be one of exact, q8_0, got 'zip'"),
 ])
 def test_bad_scenario_names_the_key(tmp_path, capsys, old, new, expected):
     assert old in SCENARIO_TOML

@@ -166,6 +166,19 @@ def test_usage_accounts_for_the_work_done():
     assert flops >= 0.5 * r.output_tok_s * window * cfg.model.num_layers * cfg.model.flops_per_token_layer
 
 
+def test_hidden_states_in_q8_blocks_take_about_half_the_uplink():
+    # the same swarm and arrivals, hidden states between stages as bf16 or as q8_0 (1.0625 bytes a value)
+    exact, q8 = (tiny(model={**tomllib.loads(SCENARIO_TOML)["model"], "wire": wire}) for wire in ("exact", "q8_0"))
+    assert q8.model.hidden_state_bytes(1) == exact.model.hidden_state_bytes(1) * 1.0625 / 2
+
+    def uplink_s(scenario):
+        r = simulate(scenario.sim_config(), "potluck")
+        return sum(u["uplink_used"] * u["nodes"] for u in r.usage), r.completed
+    (exact_s, exact_done), (q8_s, q8_done) = uplink_s(exact), uplink_s(q8)
+    assert q8_done >= 0.9 * exact_done
+    assert 0.4 * exact_s < q8_s < 0.7 * exact_s
+
+
 def test_capacity_probes_pool_independent_arrival_draws():
     # one window's TTFT p99 is noisy enough to make the search non-monotonic: every probe judges the
     # SLO on the requests of two arrival sequences over the same swarm and churn

@@ -218,3 +218,22 @@ def test_a_node_killed_mid_answer_costs_only_its_hop_when_another_serves_its_lay
     finally:
         for node in reversed(nodes):
             node.stop()
+
+
+def test_a_host_that_picks_q8_gets_8_bit_hidden_states_from_every_stage(tmp_path, checkpoint, expected):
+    """--wire q8 on the host: joiners learn it when they join, and the three stages of the tiny model
+    pass hidden states in 8-bit blocks. Rounding may flip a near-tie between two greedy choices (a
+    random model's logits are nearly flat), so the answer must match for the first half at least."""
+    host = NodeProcess(tmp_path / "host", "--host", "--wire", "q8", "--model", str(checkpoint),
+                       "--max-memory", MEMORY_GB)
+    nodes = [host]
+    try:
+        for name in ("a", "b"):
+            nodes.append(NodeProcess(tmp_path / name, "--join", host.multiaddr, "--max-memory", MEMORY_GB))
+        host.wait_for(lambda s: all_ready(s, 3), "three nodes serving every layer")
+        assert [n.health()["wire"] for n in nodes] == ["q8_0"] * 3
+        answer, want = ask(nodes[1], PROMPTS[1]), expected[PROMPTS[1]]
+        assert answer[:len(want) // 2] == want[:len(want) // 2]
+    finally:
+        for node in reversed(nodes):
+            node.stop()

@@ -17,6 +17,7 @@ class ModelShape:
     flops_per_token_layer: float  # forward FLOPs of one token through one layer
     hidden_size: int
     dtype_bytes: int
+    wire: str = "exact"  # how hidden states travel between stages: "exact" (dtype_bytes a value) or "q8_0"
 
     def weight_bytes(self, start: int, end: int) -> float:
         """Memory taken by the weights of layers start..end-1 (plus embedding / lm_head at the ends)."""
@@ -32,8 +33,10 @@ class ModelShape:
         return self.weight_bytes(0, self.num_layers)
 
     def hidden_state_bytes(self, tokens: int) -> float:
-        """Activations handed from one stage to the next."""
-        return tokens * self.hidden_size * self.dtype_bytes
+        """Activations handed from one stage to the next: in q8_0, an int8 code a value and a float16
+        scale per 32 values (engine/swarm/q8.py)."""
+        per_value = 1 + 2 / 32 if self.wire == "q8_0" else self.dtype_bytes
+        return tokens * self.hidden_size * per_value
 
     def kv_bytes(self, tokens: int, layers: int) -> float:
         return tokens * layers * self.kv_bytes_per_token_layer

@@ -94,6 +94,7 @@ class Scenario:
 MODEL_KEYS = ("num_layers", "layer_bytes", "embed_bytes", "lm_head_bytes", "kv_bytes_per_token_layer",
               "flops_per_token_layer", "hidden_size", "dtype_bytes")
 INT_MODEL_KEYS = ("num_layers", "hidden_size", "dtype_bytes")
+WIRES = ("exact", "q8_0")  # optional [model] wire: hidden states between stages (potluck node --wire)
 
 
 def _number(table: dict, key: str, where: str, *, positive: bool = True, integer: bool = False,
@@ -147,7 +148,11 @@ def parse_scenario(doc: dict, source: str = "scenario") -> Scenario:
     duration = _number(doc, "duration_s", "top level")
 
     model_t = _table(doc, "model")
-    model = ModelShape(**{k: _number(model_t, k, "[model]", integer=k in INT_MODEL_KEYS) for k in MODEL_KEYS})
+    wire = model_t.get("wire", "exact")
+    if wire not in WIRES:
+        raise ScenarioError(f"[model]: 'wire' must be one of {', '.join(WIRES)}, got {wire!r}")
+    model = ModelShape(**{k: _number(model_t, k, "[model]", integer=k in INT_MODEL_KEYS) for k in MODEL_KEYS},
+                       wire=wire)
 
     rtt = parse_rtt(_table(doc, "regions"))
 

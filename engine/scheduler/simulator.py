@@ -406,7 +406,7 @@ class Simulator:
         now = self.now
         groups: dict[int, list] = {}  # hidden states for the next stage, by node
         returns: dict[int, list] = {}  # sampled token ids back to the first stage: a few bytes each
-        hidden = self.model.hidden_size * self.model.dtype_bytes
+        hidden = self.model.hidden_state_bytes(1)
         finished_any = False
         for req, epoch, h, tok, done, began in items:
             if req.epoch != epoch:
@@ -540,7 +540,7 @@ class Simulator:
         else:
             # the stage resends on its uplink after its decode messages and prompts, which push the
             # resend back while it waits (the live stage sends it in parts between them)
-            hidden = self.model.hidden_size * self.model.dtype_bytes
+            hidden = self.model.hidden_state_bytes(1)
             send = (req.prompt + req.generated) * hidden / (prev.spec.uplink_mbps * 1e6 / 8)
             t = max(self.now, prev.bulk_free, prev.replay_free) + send
             prev.replay_free = t

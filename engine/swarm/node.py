@@ -24,6 +24,7 @@ from engine.model.errors import CheckpointError
 from engine.profile import time_prefill_steps
 from engine.scheduler.model import ModelShape
 from engine.scheduler.perf import prefill_chunk_tokens
+from engine.swarm import q8
 from engine.swarm.membership import NoRoute, SwarmScheduler
 from engine.swarm.origin import RouteUnavailable
 from engine.swarm.peer import Peer
@@ -55,6 +56,7 @@ class NodeOptions:
     heartbeat_s: float = 1.0
     evict_after_s: float = 5.0
     token_timeout_s: float = 30.0
+    wire: str = "exact"  # with host: hidden states between stages in the model's dtype, or "q8" (engine/swarm/q8.py)
 
 
 class Node:
@@ -105,11 +107,21 @@ class Node:
             self.model_dir = resolve_model(opts.model, weights=False)
             spec = ModelSpec.from_checkpoint(self.model_dir)
             self.wire_dtype = spec.dtype
-            self.scheduler = SwarmScheduler(ModelShape(**spec.as_scheduler_shape()), opts.model,
+            self.wire_codec = "q8_0" if opts.wire == "q8" else None
+            if self.wire_codec and not q8.supports(spec.hidden_size):
+                raise CheckpointError(f"--wire q8 sends hidden states in blocks of {q8.BLOCK} values, and this "
+                                      f"model's hidden size ({spec.hidden_size}) is not a multiple of "
+                                      f"{q8.BLOCK}: host it with --wire exact.")
+            shape = ModelShape(**spec.as_scheduler_shape(), wire=self.wire_codec or "exact")
+            self.scheduler = SwarmScheduler(shape, opts.model,
                                             spec.max_position_embeddings, evict_after_s=opts.evict_after_s)
         joined = self._join()
         if not opts.host:
             self.model_ref, self.wire_dtype = joined["model"], joined["wire_dtype"]
+            self.wire_codec = joined.get("wire_codec")
+            if self.wire_codec not in (None, "q8_0"):
+                raise CheckpointError(f"The swarm's host sends hidden states as {self.wire_codec!r}, which this "
+                                      "version of Potluck cannot read: update Potluck on this computer.")
             self.model_dir = resolve_model(self.model_ref, weights=False)
             spec = ModelSpec.from_checkpoint(self.model_dir)
         self.spec = spec
@@ -172,7 +184,8 @@ class Node:
         body = message.body
         self._scheduler().join(message.sender, body["serves"], max(float(body["memory_bytes"]), 0.0),
                                _bounded_profile(body["profile"]))
-        return {"model": self.model_ref, "wire_dtype": self.wire_dtype, "version": self.scheduler.version}
+        return {"model": self.model_ref, "wire_dtype": self.wire_dtype, "wire_codec": self.wire_codec,
+                "version": self.scheduler.version}
 
     def _on_heartbeat(self, message: Message) -> dict:
         body, scheduler = message.body, self._scheduler()
@@ -287,7 +300,7 @@ class Node:
         if self.assigned != target:
             return  # reassigned while loading
         self._count_tokens_of_old_stage()
-        self.peer.serve(runner, self.wire_dtype, self._prefill_chunk_tokens(runner))
+        self.peer.serve(runner, self.wire_dtype, self._prefill_chunk_tokens(runner), wire_codec=self.wire_codec)
         self.ready_range = target
         log.info("serving layers %d-%d", target[0], target[1] - 1)
 
@@ -373,7 +386,7 @@ class Node:
     def health(self) -> dict:
         stage = self.peer.stage
         return {"status": "ok", "peer_id": self.peer_id, "model": self.model_name, "scheduler": self.host_peer,
-                "backend": self.backend,
+                "backend": self.backend, "wire": self.wire_codec or self.wire_dtype,
                 "serves": self.serves, "serving": list(self.ready_range) if self.ready_range else None,
                 "assigned": list(self.assigned) if self.assigned else None,
                 "num_layers": self.spec.num_layers, "served_requests": self.served_requests,

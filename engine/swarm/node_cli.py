@@ -31,7 +31,7 @@ def main(args) -> int:
     options = NodeOptions(host=args.host, model=args.model, join=args.join, listen=listen, api=api, data_dir=home,
                           max_memory_gb=args.max_memory, client_only=args.client_only, backend=args.backend,
                           device=args.device, heartbeat_s=args.heartbeat, evict_after_s=max(5.0, 4 * args.heartbeat),
-                          token_timeout_s=args.token_timeout)
+                          token_timeout_s=args.token_timeout, wire=args.wire)
     try:
         node = Node(options)
     except (CheckpointError, OSError) as exc:

@@ -28,10 +28,11 @@ class Peer:
         self.stage: StageWorker | None = None
         self.origin = Origin(self.transport.send, route_for, self.peer_id, **origin_options)
 
-    def serve(self, runner, wire_dtype: str | None = None, prefill_chunk_tokens: int = 256) -> None:
+    def serve(self, runner, wire_dtype: str | None = None, prefill_chunk_tokens: int = 256,
+              wire_codec: str | None = None) -> None:
         """Start serving a shard (replacing any previous one)."""
         old, self.stage = self.stage, StageWorker(runner, self.transport.send, self.peer_id, wire_dtype,
-                                                  prefill_chunk_tokens=prefill_chunk_tokens)
+                                                  prefill_chunk_tokens=prefill_chunk_tokens, wire_codec=wire_codec)
         if old is not None:
             old.close()
 

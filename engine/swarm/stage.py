@@ -34,6 +34,7 @@ import numpy as np
 
 from engine.backends.host import HOST_DTYPES
 from engine.sampling import Sampler, SamplingParams, sample
+from engine.swarm import q8
 from engine.swarm.protocol import (MAX_PREFILL_TOKENS, Hop, check_tokens, parse_route, parse_sampling,
                                    sampling_body)
 from engine.swarm.transport import PeerError
@@ -80,15 +81,20 @@ class Work:
 
 class StageWorker:
     """wire_dtype: the swarm-wide dtype of hidden states between stages (the host's choice); each
-    stage computes in its own dtype and converts at its edges.
+    stage computes in its own dtype and converts at its edges. wire_codec "q8_0" (also the host's
+    choice) sends them in 8-bit blocks instead (engine/swarm/q8.py); a stage decodes them back to
+    the wire dtype, and keeps what it sent for replays as it computed it.
 
     Backend-neutral: inputs go to the runner as numpy arrays and its outputs come back through
     runner.to_numpy, so an MLX node runs this without torch."""
 
     def __init__(self, runner, send, peer_id: str, wire_dtype: str | None = None, idle_timeout_s: float = 300.0,
-                 prefill_chunk_tokens: int = 256):
+                 prefill_chunk_tokens: int = 256, wire_codec: str | None = None):
         if prefill_chunk_tokens < 1:
             raise ValueError(f"prefill_chunk_tokens must be at least 1, got {prefill_chunk_tokens}")
+        if wire_codec not in (None, "q8_0") or (wire_codec and not q8.supports(runner.spec.hidden_size)):
+            raise ValueError(f"wire codec {wire_codec!r} does not fit hidden size {runner.spec.hidden_size}")
+        self.wire_codec = wire_codec
         self.runner, self.send, self.peer_id = runner, send, peer_id
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self._carried: list[Work] = []  # prompts with chunks still to run, first in the next step
@@ -168,17 +174,48 @@ class StageWorker:
             if message.tensors:
                 raise WireError("the first stage takes token ids, not tensors")
             return np.array(tokens, dtype=np.int64)
+        if self.wire_codec:
+            return self._decode_q8(message.tensors, exactly=one)
         hidden = message.tensors.get("hidden")
         if hidden is None or len(message.tensors) != 1:
             raise WireError("this stage takes exactly one tensor, 'hidden'")
         if hidden.dtype != self.wire_dtype:
             raise WireError(f"hidden states must be {self.wire_dtype}, got {hidden.dtype}")
-        if len(hidden.shape) != 2 or hidden.shape[1] != self.spec.hidden_size or not 1 <= hidden.shape[0] <= MAX_PREFILL_TOKENS:
-            raise WireError(f"hidden states must have shape [T, {self.spec.hidden_size}] with 1 <= T <= "
-                            f"{MAX_PREFILL_TOKENS}, got {list(hidden.shape)}")
-        if one and hidden.shape[0] != 1:
-            raise WireError("a decode step carries the hidden state of exactly 1 token")
+        self._check_rows(hidden.shape, self.spec.hidden_size, one)
         return np.frombuffer(hidden.data, dtype=HOST_DTYPES[hidden.dtype]).reshape(hidden.shape)
+
+    def _decode_q8(self, tensors: dict[str, Tensor], exactly: int | None) -> np.ndarray:
+        codes, scales = tensors.get("hidden"), tensors.get("hidden_scale")
+        if codes is None or scales is None or len(tensors) != 2:
+            raise WireError("this swarm sends hidden states as q8_0: tensors 'hidden' and 'hidden_scale'")
+        if codes.dtype != "int8" or scales.dtype != "float16":
+            raise WireError(f"q8_0 hidden states are int8 codes with float16 scales, got {codes.dtype} and "
+                            f"{scales.dtype}")
+        size = self.spec.hidden_size
+        self._check_rows(codes.shape, size, exactly)
+        self._check_rows(scales.shape, size // q8.BLOCK, exactly)
+        if scales.shape[0] != codes.shape[0]:
+            raise WireError(f"{codes.shape[0]} rows of codes but {scales.shape[0]} rows of scales")
+        scale_values = np.frombuffer(scales.data, dtype="<f2").reshape(scales.shape)
+        if not (np.isfinite(scale_values) & (scale_values >= 0)).all():
+            raise WireError("q8_0 scales must be finite and not negative")
+        return q8.decode(np.frombuffer(codes.data, dtype=np.int8).reshape(codes.shape), scale_values,
+                         self.wire_dtype)
+
+    @staticmethod
+    def _check_rows(shape: tuple, width: int, exactly: int | None) -> None:
+        if len(shape) != 2 or shape[1] != width or not 1 <= shape[0] <= MAX_PREFILL_TOKENS:
+            raise WireError(f"hidden states must have shape [T, {width}] with 1 <= T <= "
+                            f"{MAX_PREFILL_TOKENS}, got {list(shape)}")
+        if exactly and shape[0] != exactly:
+            raise WireError("a decode step carries the hidden state of exactly 1 token")
+
+    def _wire_tensors(self, rows: np.ndarray) -> dict[str, Tensor]:
+        if not self.wire_codec:
+            return {"hidden": Tensor(self.wire_dtype, rows.shape, rows.tobytes())}
+        codes, scales = q8.encode(rows)
+        return {"hidden": Tensor("int8", codes.shape, codes.tobytes()),
+                "hidden_scale": Tensor("float16", scales.shape, scales.tobytes())}
 
     def utilization(self) -> float:
         """Busy fraction of the model thread since the last call (heartbeats call it)."""
@@ -255,7 +292,7 @@ class StageWorker:
                     "offset": offset, "prompt_tokens": total, "resume_step": step}
             if offset == 0:
                 body.update(sampling=sampling_body(state.sampling), drawn=state.drawn + step)
-            error = self._push(peer, body, {"hidden": Tensor(self.wire_dtype, part.shape, part.tobytes())})
+            error = self._push(peer, body, self._wire_tensors(part))
             if error:
                 self._fail(rid, error, suspect=peer)
                 return
@@ -375,7 +412,6 @@ class StageWorker:
             if offset + rows.shape[0] < state.prompt_tokens:
                 return
             rows, offset, kind, step = rows[-1:], None, "decode", state.resume_step
-        hidden = Tensor(self.wire_dtype, rows.shape, rows.tobytes())
         body = {"request_id": work.request_id, "origin": state.origin, "kind": kind, "step": step,
                 "route": [[h.peer_id, h.start, h.end] for h in state.route], "hop": state.hop + 1}
         if offset is not None:
@@ -383,7 +419,7 @@ class StageWorker:
             if offset == 0:  # the next stage sets the request up from its first part
                 body.update(sampling=sampling_body(state.sampling), drawn=state.drawn)
         peer = state.route[state.hop + 1].peer_id
-        error = self._push(peer, body, {"hidden": hidden})
+        error = self._push(peer, body, self._wire_tensors(rows))
         if error:
             self._fail(work.request_id, error, suspect=peer)
 

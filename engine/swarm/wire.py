@@ -26,7 +26,7 @@ MAX_FRAME_BYTES = 256 * 1024 * 1024
 MAX_TENSORS = 8
 SIGNATURE_BYTES = 64
 
-DTYPE_SIZES = {"float32": 4, "bfloat16": 2, "float16": 2, "int64": 8, "int32": 4}
+DTYPE_SIZES = {"float32": 4, "bfloat16": 2, "float16": 2, "int64": 8, "int32": 4, "int8": 1}
 
 # Body schemas: field -> (type or tuple of types, required). `int` excludes bool.
 SCHEMAS: dict[str, dict[str, tuple[type | tuple, bool]]] = {}
