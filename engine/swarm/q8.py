@@ -48,12 +48,13 @@ def encode(hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """[T, H] host array -> (codes int8 [T, H], scales float16 [T, H / BLOCK])."""
     tokens, size = hidden.shape
     blocks = to_float32(hidden).reshape(tokens, size // BLOCK, BLOCK)
-    if not np.isfinite(blocks).all():
+    largest = np.abs(blocks).max(axis=2)  # NaN and infinity carry through the maximum
+    if not np.isfinite(largest).all():
         raise ValueError("hidden states hold NaN or infinity: the shard's output is broken")
-    scales = np.minimum(np.abs(blocks).max(axis=2) / 127.0, FLOAT16_MAX).astype(np.float16)
-    step = scales.astype(np.float32)[:, :, None]
-    codes = np.divide(blocks, step, out=np.zeros_like(blocks), where=step > 0)
-    codes = np.clip(np.rint(codes), -127, 127).astype(np.int8)
+    scales = np.minimum(largest / 127.0, FLOAT16_MAX).astype(np.float16)
+    step = scales.astype(np.float32)
+    inverse = np.divide(1.0, step, out=np.zeros_like(step), where=step > 0)[:, :, None]
+    codes = np.clip(np.rint(blocks * inverse), -127, 127).astype(np.int8)
     return codes.reshape(tokens, size), scales
 
 
