@@ -109,3 +109,23 @@ def test_a_codec_the_hidden_size_cannot_take_is_refused():
             hidden_size = 48
     with pytest.raises(ValueError, match="hidden size 48"):
         StageWorker(Odd(), send=lambda *a: None, peer_id="me", wire_codec="q8_0")
+
+
+def test_q8_on_a_trained_model_moves_its_loss_no_more_than_float32_does():
+    """bench/q8_quality.py, shortened: the shipped demo model (trained) as 8 one-layer stages, its
+    hidden states crossing 7 hops exactly or in q8_0 blocks. A broken codec would wreck the loss;
+    a sound one moves it about as little as computing in float32 instead of bfloat16 does."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "bench" / "q8_quality.py"), "--prompts", "2",
+                           "--max-tokens", "8", "--text-tokens", "1024"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["text_tokens"] == 1024 and out["answers"] == 2
+    assert abs(out["loss_change_q8_0"]) < 0.01 and abs(out["loss_change_float32"]) < 0.01
+    assert out["loss_exact"] < 8  # the demo model, not noise (uniform over 8192 entries: 9.0)
