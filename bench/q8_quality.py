@@ -1,6 +1,6 @@
 """Does q8_0 on the wire change a trained model's answers? The demo model through one-layer stages.
 
-    python bench/q8_quality.py [--model DIR] [--prompts N] [--max-tokens N]
+    python bench/q8_quality.py [--model DIR] [--stages N] [--device cpu|cuda] [--prompts N] [--max-tokens N]
 
 The shipped demo model (trained: 8 layers, hidden size 256, bfloat16) runs as 8 one-layer stages,
 so its hidden states cross 7 hops, each as a swarm sends them: in the model's dtype (exact, the
@@ -33,7 +33,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.generate import LocalPipeline, generate  # noqa: E402
+from engine.generate import LocalPipeline, generate, split_layers  # noqa: E402
+from engine.model.spec import ModelSpec  # noqa: E402
 from engine.model.tokenizer import chat_prompt_ids, load_tokenizer, stop_token_ids  # noqa: E402
 from engine.sampling import SamplingParams  # noqa: E402
 from engine.swarm import q8  # noqa: E402
@@ -51,8 +52,9 @@ class WirePipeline(LocalPipeline):
     """Stages in one process whose hidden states go through the host in the wire dtype, and
     through q8_0 blocks if asked, between every two stages: what a swarm's hop does to them."""
 
-    def __init__(self, checkpoint, q8_wire: bool, dtype: str = "bfloat16"):
-        super().__init__(checkpoint, device="cpu", dtype=dtype, ranges=[(i, i + 1) for i in range(8)])
+    def __init__(self, checkpoint, q8_wire: bool, dtype: str, stages: int, device: str):
+        layers = ModelSpec.from_checkpoint(checkpoint).num_layers
+        super().__init__(checkpoint, device=device, dtype=dtype, ranges=split_layers(layers, min(stages, layers)))
         self.q8_wire, self.wire_dtype = q8_wire, dtype
 
     def _hop(self, runner, hidden):
@@ -111,6 +113,8 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=len(TOPICS))
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--text-tokens", type=int, default=4096)
+    parser.add_argument("--stages", type=int, default=8, help="one hop fewer than stages")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or mps")
     args = parser.parse_args()
 
     tokenizer = load_tokenizer(args.model)
@@ -122,7 +126,8 @@ def main() -> int:
     results = {}
     for name, q8_wire, dtype in (("exact", False, "bfloat16"), ("q8_0", True, "bfloat16"),
                                  ("float32", False, "float32")):
-        pipeline = WirePipeline(args.model, q8_wire, dtype)
+        pipeline = WirePipeline(args.model, q8_wire, dtype, args.stages, args.device)
+        hops = len(pipeline.runners) - 1
         results[name] = {"loss": text_loss(pipeline, text_ids),
                          "answers": answers(pipeline, prompts, args.max_tokens, stops)}
         print(f"{name}: loss {results[name]['loss']:.4f} nats/token over {len(text_ids)} tokens")
@@ -137,7 +142,7 @@ def main() -> int:
               f"first differ at token {sorted(first_diff)}")
         return same, sorted(first_diff)
 
-    summary = {"model": Path(args.model).name, "hops": 7, "text_tokens": len(text_ids), "answers": len(prompts),
+    summary = {"model": Path(args.model).name, "hops": hops, "text_tokens": len(text_ids), "answers": len(prompts),
                "max_tokens": args.max_tokens, "loss_exact": round(results["exact"]["loss"], 4)}
     for name in ("q8_0", "float32"):
         same, first = compare(name)
