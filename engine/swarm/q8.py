@@ -6,7 +6,8 @@ hidden states are what loads a volunteer's uplink (4 MB a hop for a mean prompt 
 halving them roughly halves the time a prompt spends on each hop. The cost is a rounding error of at
 most half a step (scale / 2) per value, relative to the block's largest value: about 0.4% of it.
 Blocks keep an outlier channel from coarsening more than its own 31 neighbours. The same blocks hold
-the KV cache of llama.cpp's q8_0 mode; Petals sends hidden states in 8-bit blocks between stages.
+the KV cache in llama.cpp's q8_0 mode, and the Petals paper compresses hidden states between stages
+with 8-bit blockwise quantization. bench/q8_quality.py measures what it does to a trained model.
 
 Arrays are host arrays (engine.backends.host): bfloat16 as uint16 words.
 """
