@@ -88,7 +88,8 @@ def test_a_q8_stage_decodes_what_it_is_sent(stage):
 @pytest.mark.parametrize("tensors, error", [
     ({"hidden": _tensors()["hidden"]}, "tensors 'hidden' and 'hidden_scale'"),
     (_tensors(codes="float16"), "int8 codes with float16 scales"),
-    (_tensors(width=32), r"shape \[T, 64\]"),
+    (_tensors(width=32), r"hidden states must have shape \[T, 64\]"),
+    ({**_tensors(), "hidden_scale": _tensors(width=32)["hidden_scale"]}, r"q8_0 scales must have shape \[T, 2\]"),
     (_tensors(scale_value=np.inf), "finite and not negative"),
     (_tensors(scale_value=-1.0), "finite and not negative"),
     ({**_tensors(rows=2), "hidden_scale": _tensors(rows=3)["hidden_scale"]}, "rows of scales"),

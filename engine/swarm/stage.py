@@ -193,7 +193,7 @@ class StageWorker:
                             f"{scales.dtype}")
         size = self.spec.hidden_size
         self._check_rows(codes.shape, size, exactly)
-        self._check_rows(scales.shape, size // q8.BLOCK, exactly)
+        self._check_rows(scales.shape, size // q8.BLOCK, exactly, what="q8_0 scales")
         if scales.shape[0] != codes.shape[0]:
             raise WireError(f"{codes.shape[0]} rows of codes but {scales.shape[0]} rows of scales")
         scale_values = np.frombuffer(scales.data, dtype="<f2").reshape(scales.shape)
@@ -203,9 +203,9 @@ class StageWorker:
                          self.wire_dtype)
 
     @staticmethod
-    def _check_rows(shape: tuple, width: int, exactly: int | None) -> None:
+    def _check_rows(shape: tuple, width: int, exactly: int | None, what: str = "hidden states") -> None:
         if len(shape) != 2 or shape[1] != width or not 1 <= shape[0] <= MAX_PREFILL_TOKENS:
-            raise WireError(f"hidden states must have shape [T, {width}] with 1 <= T <= "
+            raise WireError(f"{what} must have shape [T, {width}] with 1 <= T <= "
                             f"{MAX_PREFILL_TOKENS}, got {list(shape)}")
         if exactly and shape[0] != exactly:
             raise WireError("a decode step carries the hidden state of exactly 1 token")
