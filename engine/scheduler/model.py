@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.swarm import q8
+
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -33,10 +35,10 @@ class ModelShape:
         return self.weight_bytes(0, self.num_layers)
 
     def hidden_state_bytes(self, tokens: int) -> float:
-        """Activations handed from one stage to the next: in q8_0, an int8 code a value and a float16
-        scale per 32 values (engine/swarm/q8.py)."""
-        per_value = 1 + 2 / 32 if self.wire == "q8_0" else self.dtype_bytes
-        return tokens * self.hidden_size * per_value
+        """Activations handed from one stage to the next (in q8_0: engine/swarm/q8.py's blocks)."""
+        if self.wire == "q8_0":
+            return q8.wire_bytes(tokens, self.hidden_size)
+        return tokens * self.hidden_size * self.dtype_bytes
 
     def kv_bytes(self, tokens: int, layers: int) -> float:
         return tokens * layers * self.kv_bytes_per_token_layer
