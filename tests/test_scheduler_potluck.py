@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.scheduler.allocation import PipelineModel, allocate, place_stitchers, split_layers, thinnest_window
+from engine.scheduler.allocation import (OVERFLOW_COMPUTE_SHARE, OVERFLOW_TPOT_SHARE, PipelineModel, allocate,
+                                         place_stitchers, split_layers, thinnest_window)
 from engine.scheduler.policy import RouteRequest, SwarmContext, covers_all_layers
 from engine.scheduler.potluck import PotluckPolicy
 from engine.scheduler.scenario import load_scenario
@@ -217,7 +218,7 @@ def test_an_overflow_pipeline_holds_no_more_sessions_than_it_was_planned_for():
     request = RouteRequest(0, prompt_tokens=256, kv_tokens=384)
     for pipe in pipes:
         room = [view.kv_free[n] / LLAMA_70B.kv_bytes(request.kv_tokens, e - s) for n, s, e in pipe.stages]
-        assert min(room) > 2 * pipe.concurrency  # the cache alone would take twice as many
+        assert min(room) > 1.5 * pipe.concurrency  # the cache alone would take many more
         for n, _, _ in pipe.stages:
             view.resident[n] = int(np.ceil(pipe.concurrency))
     assert policy.route(request, nodes, assignment, view) is None  # it waits
@@ -226,6 +227,26 @@ def test_an_overflow_pipeline_holds_no_more_sessions_than_it_was_planned_for():
         view.resident[n] = int(second.concurrency) - 1
     chain = policy.route(request, nodes, assignment, view)
     assert chain and {h.node for h in chain} <= {n for n, _, _ in second.stages}
+
+
+def test_an_overflow_pipeline_is_planned_within_its_stages_flops(monkeypatch):
+    """Apple M1/M2 Maxes have the bandwidth for many sessions within the overflow TPOT but not the
+    FLOP/s to prefill their prompts: planned to the TPOT alone, their prompts queued and they held
+    most of the volunteer swarm's late first tokens. Each stage's prompts and decode together are
+    planned for at most OVERFLOW_COMPUTE_SHARE of its FLOP/s, and that is what limits them."""
+    import engine.scheduler.allocation as allocation
+
+    slow = {i: node(i, 40, tflops=13, bandwidth_gbs=350) for i in range(10)}
+    nodes, policy, _, _ = fast_pipeline_and_overflow(slow)
+    pm = PipelineModel(policy.ctx)
+    capped = policy.plan.overflow
+    assert capped
+    for pipe in capped:
+        chain = pm.chain([nodes[n] for n, _, _ in pipe.stages], [e - s for _, s, e in pipe.stages])
+        assert chain.compute_load(pipe.tok_s) <= OVERFLOW_COMPUTE_SHARE + 1e-6
+    monkeypatch.setattr(allocation, "OVERFLOW_COMPUTE_SHARE", float("inf"))
+    _, loose, _, _ = fast_pipeline_and_overflow(slow)
+    assert sum(p.concurrency for p in loose.plan.overflow) > 1.2 * sum(p.concurrency for p in capped)
 
 
 def test_pipeline_model_predicts_slower_tokens_with_more_sessions():
@@ -304,9 +325,10 @@ def test_a_prompt_avoids_a_chain_whose_nodes_report_a_long_prompt_queue():
 
 
 def test_the_volunteer_swarms_slowest_macs_serve_in_overflow_pipelines():
-    """The 200 Apple M1/M2 Pros (20 GB, 8 TFLOP/s) of the shipped volunteer swarm chain 8 stages at
-    about 1 s per token: too slow for the planned pipelines, fast enough for overflow ones, which
-    may take twice the TPOT objective. (At 1.5x they all stayed on standby.)"""
+    """The 200 Apple M1/M2 Pros (20 GB, 8 TFLOP/s, 180 GB/s) of the shipped volunteer swarm chain 10
+    stages at about 0.9 s per token bare: too slow for the planned pipelines, fast enough for
+    overflow ones, which may take OVERFLOW_TPOT_SHARE times the TPOT objective. (At 1.5x they all
+    stayed on standby; at 2x they were planned for 21-32 sessions a pipeline.)"""
     scenario = load_scenario(SCENARIOS / "volunteer_1000.toml")
     cfg = scenario.sim_config()
     ctx = SwarmContext(cfg.model, cfg.rtt, cfg.workload, cfg.slo)
@@ -317,7 +339,9 @@ def test_the_volunteer_swarms_slowest_macs_serve_in_overflow_pipelines():
     assert len(serving) >= 0.8 * len(pros) and not pros & planned
     for p in plan.overflow:
         if {nid for nid, _, _ in p.stages} & pros:
-            assert ctx.slo.tpot_p50_s < p.tpot_s <= 2.0 * ctx.slo.tpot_p50_s
+            assert ctx.slo.tpot_p50_s < p.tpot_s <= OVERFLOW_TPOT_SHARE * ctx.slo.tpot_p50_s
+            if {nid for nid, _, _ in p.stages} <= pros:
+                assert p.concurrency >= 100
 
 
 def test_a_spare_card_that_frees_cache_joins_the_pipeline(monkeypatch):

@@ -35,10 +35,15 @@ STITCHER_SLOWDOWN = 1.0  # a spare node slower per layer (hop included) than the
 # nodes too slow to stitch form overflow pipelines, planned for up to this multiple of the TPOT
 # objective: when the planned pipelines are full, a slower answer beats waiting for one, and the
 # objective is a median the planned pipelines keep. At 1.5x the volunteer swarm's 200 Apple M1/M2
-# Pros (8 chained stages, ~1 s per token) stayed on standby; at 2x they serve and the swarm passes
-# the SLO at 230 requests/s instead of failing at 215 (docs/scheduler-experiments.md, "adopted:
-# overflow pipelines")
-OVERFLOW_TPOT_SHARE = 2.0
+# Pros (10 chained stages, ~0.9 s per token bare) stayed on standby; at 2x they served 21-32
+# sessions a pipeline, at 3x 150 (their bandwidth, not their FLOP/s, sets their pace), and the swarm
+# passes 197 requests/s instead of failing there (docs/scheduler-experiments.md, "Slow answers for
+# the slowest laptops")
+OVERFLOW_TPOT_SHARE = 3.0
+# ... and for at most this share of each stage's FLOP/s on prompts and decode together: a looser
+# TPOT lets FLOP/s-poor stages (M1/M2 Maxes) take sessions whose prompts then queue behind each
+# other, and the first-token prediction, which charges only prompts, does not see it coming
+OVERFLOW_COMPUTE_SHARE = 0.8
 # pipelines are planned for prompts up to this multiple of the mean; the router keeps longer prompts
 # off chains too slow for them (potluck.PREFILL_HOP_SHARE, TTFT_ROUTE_SHARE)
 PLANNED_PROMPT_FACTOR = 1.0
@@ -135,8 +140,10 @@ def split_layers(times: list[float], caps: list[int], num_layers: int) -> list[i
 class PipelineModel:
     """Predicts a pipeline's tokens/s, TPOT and TTFT from the performance model."""
 
-    def __init__(self, ctx: SwarmContext, strict: bool = True, tpot_share: float = TPOT_BUDGET):
+    def __init__(self, ctx: SwarmContext, strict: bool = True, tpot_share: float = TPOT_BUDGET,
+                 compute_share: float = math.inf):
         self.ctx = ctx
+        self.compute_share = compute_share
         wl = ctx.workload
         self.context = wl.decode_context_mean
         self.kv_tokens = wl.kv_tokens_mean
@@ -178,7 +185,8 @@ class PipelineModel:
 
         def within(q: float) -> bool:
             tpot, rate = chain.cycle(q)
-            return tpot <= self.tpot_budget and chain.ttft(rate) <= self.ttft_budget
+            return (tpot <= self.tpot_budget and chain.ttft(rate) <= self.ttft_budget
+                    and chain.compute_load(rate) <= self.compute_share)
 
         if q_max < 1 or not within(1.0):
             return None
@@ -209,6 +217,8 @@ class ChainTimes:
         self.prompt_uploads = [transfer_time(s, model.hidden_state_bytes(prompt)) for s in stages[:-1]]
         self.mean_prompt_uploads = [transfer_time(s, model.hidden_state_bytes(wl.prompt_tokens_mean))
                                     for s in stages[:-1]]
+        # seconds of FLOP/s each decode token takes at a stage (at the roofline's compute side)
+        self.decode_compute = [n * model.flops_per_token_layer / s.flops_per_s for s, n in zip(stages, layers)]
         self.prompt_links = 0.0
         for s, nxt in zip(stages, stages[1:]):
             self.prompt_links += pm.ctx.rtt.rtt_s(s.region, nxt.region) / 2
@@ -241,6 +251,11 @@ class ChainTimes:
                 break
             rate = 0.5 * (rate + new_rate) if rate else new_rate
         return t, q / t
+
+    def compute_load(self, rate: float) -> float:
+        """The busiest stage's share of its FLOP/s spent on prompts and decode at `rate` tokens/s."""
+        requests_per_s = rate / self.output_tokens
+        return max(requests_per_s * pre + rate * dc for pre, dc in zip(self.prefills, self.decode_compute))
 
     def ttft(self, rate: float) -> float:
         """Bare time to first token of a planned-length prompt while the pipeline runs at `rate`
@@ -528,7 +543,8 @@ def place_stitchers(leftover: list[NodeSpec], q: int, rates: np.ndarray, ref_cyc
 
 def allocate(nodes: list[NodeSpec], ctx: SwarmContext) -> Plan:
     check_swarm_fits(nodes, ctx)
-    plan = _allocate(nodes, PipelineModel(ctx), PipelineModel(ctx, tpot_share=OVERFLOW_TPOT_SHARE))
+    plan = _allocate(nodes, PipelineModel(ctx), PipelineModel(ctx, tpot_share=OVERFLOW_TPOT_SHARE,
+                                                                  compute_share=OVERFLOW_COMPUTE_SHARE))
     if not plan.pipelines:
         plan = _allocate(nodes, PipelineModel(ctx, strict=False))
     if not plan.pipelines:
