@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.scheduler.allocation import (OVERFLOW_COMPUTE_SHARE, OVERFLOW_TPOT_SHARE, PipelineModel, allocate,
-                                         place_stitchers, split_layers, thinnest_window)
+from engine.scheduler.allocation import (CONCURRENCY_GRID, OVERFLOW_COMPUTE_SHARE, OVERFLOW_TPOT_SHARE, PipelineModel,
+                                         allocate, best_pipelines, overflow_pipelines, place_stitchers, split_layers,
+                                         thinnest_window)
 from engine.scheduler.policy import RouteRequest, SwarmContext, covers_all_layers
 from engine.scheduler.potluck import PotluckPolicy
 from engine.scheduler.scenario import load_scenario
@@ -342,6 +343,32 @@ def test_the_volunteer_swarms_slowest_macs_serve_in_overflow_pipelines():
             assert ctx.slo.tpot_p50_s < p.tpot_s <= OVERFLOW_TPOT_SHARE * ctx.slo.tpot_p50_s
             if {nid for nid, _, _ in p.stages} <= pros:
                 assert p.concurrency >= 100
+
+
+def test_each_kind_of_overflow_card_gets_the_reservation_that_suits_it():
+    """The volunteer swarm's RTX 3060s (100 Mbit/s uplinks) are best as 17-stage chains of 5 layers,
+    whose prompts cross fewer hops, and its RTX 3080s (200 Mbit/s) as 21-stage chains of 4 layers
+    with more cache. One reservation for the whole region gave both 21 stages, and the 3060 chains
+    held the late first tokens. Each kind is planned as it would be alone."""
+    scenario = load_scenario(SCENARIOS / "volunteer_1000.toml")
+    cfg = scenario.sim_config()
+    ctx = SwarmContext(cfg.model, cfg.rtt, cfg.workload, cfg.slo)
+    pm = PipelineModel(ctx, tpot_share=OVERFLOW_TPOT_SHARE, compute_share=OVERFLOW_COMPUTE_SHARE)
+    na = [n for n in cfg.initial_nodes if n.region == "na" and n.memory_bytes == 10e9]
+    kinds = {tf: [n for n in na if n.tflops == tf] for tf in (25, 40)}
+
+    def shapes(pipes):
+        return sorted((len(p.stages), round(p.tok_s, 3)) for p in pipes)
+
+    together = overflow_pipelines(na, pm)
+    alone = {tf: overflow_pipelines(group, pm) for tf, group in kinds.items()}
+    by_kind = {tf: [p for p in together if {nid for nid, _, _ in p.stages} <= {n.id for n in group}]
+               for tf, group in kinds.items()}
+    for tf in kinds:
+        assert shapes(by_kind[tf]) == shapes(alone[tf])
+    assert {len(p.stages) for p in by_kind[25]} != {len(p.stages) for p in by_kind[40]}
+    one_q, _, _ = best_pipelines(na, pm, grid=CONCURRENCY_GRID[::3], mixes=(False,))
+    assert sum(p.tok_s for p in together) > 1.05 * sum(p.tok_s for p in one_q)
 
 
 def test_a_spare_card_that_frees_cache_joins_the_pipeline(monkeypatch):

@@ -587,16 +587,31 @@ def overflow_pipelines(spare: list[NodeSpec], pm: PipelineModel) -> list[Pipelin
     pipelines that are already whole, while a pipeline of the same nodes holds every layer again
     and gives prompts a calm place when the fast ones queue. On the heterogeneous swarm the EU's
     five 3090s stitched the A100 pipeline at 23% busy; with its two idle Macs they form a pipeline
-    instead, and the swarm passes the SLO at 21.5 requests/s (5398 tok/s; it failed there before)."""
+    instead, and the swarm passes the SLO at 21.5 requests/s (5398 tok/s; it failed there before).
+
+    Each kind of hardware in a region is planned with the reservation q that suits it, then what is
+    left of all kinds together. With one q per region the volunteer swarm's RTX 3060s took the
+    3080s' 21-stage shape, and their prompts, crossing 20 hops of 100 Mbit/s uplinks, were first
+    tokens 15 s late at the median; as 17 stages of 5 layers they are predicted 1296 tok/s instead
+    of 966 in NA (docs/scheduler-experiments.md, "A reservation per kind of overflow card")."""
     by_region: dict[str, list[NodeSpec]] = {}
     for n in spare:
         by_region.setdefault(n.region, []).append(n)
     out = []
     for region in sorted(by_region):
-        # the nodes left are alike (slow): mixing fast and slow ends gains nothing, and their
-        # predicted rate barely moves with q, so a coarse grid keeps allocation fast at 1000 nodes
-        pipes, _, _ = best_pipelines(by_region[region], pm, grid=CONCURRENCY_GRID[::3], mixes=(False,))
-        out += pipes
+        by_kind: dict[tuple, list[NodeSpec]] = {}
+        for n in by_region[region]:
+            by_kind.setdefault(hardware_key(n), []).append(n)
+        rest: list[NodeSpec] = []
+        for kind in sorted(by_kind):
+            # mixing fast and slow ends gains nothing among alike nodes, and a coarse grid keeps
+            # allocation fast at 1000 nodes
+            pipes, left, _ = best_pipelines(by_kind[kind], pm, grid=CONCURRENCY_GRID[::3], mixes=(False,))
+            out += pipes
+            rest += left
+        if rest:
+            pipes, _, _ = best_pipelines(rest, pm, grid=CONCURRENCY_GRID[::3], mixes=(False,))
+            out += pipes
     return out
 
 
