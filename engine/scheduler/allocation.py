@@ -591,8 +591,8 @@ def overflow_pipelines(spare: list[NodeSpec], pm: PipelineModel) -> list[Pipelin
 
     Each kind of hardware in a region is planned with the reservation q that suits it, then what is
     left of all kinds together. With one q per region the volunteer swarm's RTX 3060s took the
-    3080s' 21-stage shape, and their prompts, crossing 20 hops of 100 Mbit/s uplinks, were first
-    tokens 15 s late at the median; as 17 stages of 5 layers they are predicted 1296 tok/s instead
+    3080s' 21-stage shape, and their prompts, crossing 20 hops of 100 Mbit/s uplinks, got their
+    first tokens 12-17 s after arrival at the median; as 17 stages of 5 layers they are predicted 1296 tok/s instead
     of 966 in NA (docs/scheduler-experiments.md, "A reservation per kind of overflow card")."""
     by_region: dict[str, list[NodeSpec]] = {}
     for n in spare:

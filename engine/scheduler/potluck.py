@@ -226,7 +226,7 @@ class PotluckPolicy(Policy):
         self._overflow = np.array([n in overflow for n in ids], dtype=bool)
         # an overflow pipeline holds at most the sessions it was planned for: its nodes' cache
         # outlasts their FLOP/s (an M1/M2 Max chain of the volunteer swarm has room for 418 but
-        # prefills and decodes 120-124 within allocation.OVERFLOW_COMPUTE_SHARE of its FLOP/s;
+        # prefills and decodes about 100-125 (by its shape) within allocation.OVERFLOW_COMPUTE_SHARE of its FLOP/s;
         # filled to its cache, its prompt queue grew without bound and it held 95% of the late
         # first tokens)
         planned_sessions = {n: p.concurrency for p in (self.plan.overflow if self.plan else []) for n, _, _ in p.stages}
